@@ -1,0 +1,265 @@
+"""The SQL ledger: SQLite for one worker, PostgreSQL for several (SQLAlchemy async Core)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from service.ledger.schema import (
+    CLAIMED,
+    SCHEMA_VERSION,
+    WAITING,
+    accounts,
+    decisions,
+    events,
+    holds,
+    meta,
+    metadata,
+    notices,
+    opt_outs,
+)
+from service.outcomes import Outcome, Status, outcome_for
+
+
+class LedgerUnavailable(Exception):
+    """The ledger cannot be reached; the message names DUNNING_DATABASE_URL."""
+
+
+def async_url(url: str) -> str:
+    """SQLAlchemy URL with the async driver this service uses."""
+    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"),
+                          ("postgresql://", "postgresql+asyncpg://"),
+                          ("postgres://", "postgresql+asyncpg://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url
+
+
+def make_engine(url: str) -> AsyncEngine:
+    url = async_url(url)
+    if url.startswith("sqlite"):
+        # one connection: SQLite has one writer, and serialising here avoids "database is locked"
+        engine = create_async_engine(url, pool_size=1, max_overflow=0,
+                                     connect_args={"timeout": 30})
+        return engine
+    return create_async_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    return dict(row._mapping)
+
+
+class SqlLedger:
+    """Every state change of a notice is one short transaction, with its decision row."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlLedger:
+        return cls(make_engine(url))
+
+    async def create(self) -> None:
+        """Create or check the schema (idempotent)."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                await conn.execute(text("PRAGMA journal_mode=WAL"))
+            await conn.run_sync(metadata.create_all)
+            found = (await conn.execute(select(meta.c.value).where(
+                meta.c.key == "schema_version"))).scalar()
+            if found is None:
+                await conn.execute(meta.insert().values(key="schema_version",
+                                                        value=str(SCHEMA_VERSION)))
+            elif int(found) > SCHEMA_VERSION:
+                raise LedgerUnavailable(f"the ledger's schema is version {found}; this worker "
+                                        f"knows {SCHEMA_VERSION}: upgrade the worker")
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    def insert_ignore(self, table: Any) -> Insert:
+        """INSERT … ON CONFLICT DO NOTHING for the ledger's dialect."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    # ---- recording decisions -------------------------------------------------------------
+
+    @staticmethod
+    async def add_decision(conn: AsyncConnection, notice: dict[str, Any], status: str,
+                           at: datetime, *, reason: str | None = None, rule: str | None = None,
+                           outcome: Outcome | None = None) -> None:
+        await conn.execute(decisions.insert().values(
+            notice_id=notice["notice_id"], status=status, reason=reason, rule=rule,
+            attempt=int(notice.get("attempts") or 0), at=at,
+            outcome=outcome.to_json() if outcome else None, published=outcome is None,
+        ))
+
+    async def finish(self, notice: dict[str, Any], status: Status, at: datetime, *,
+                     reason: str | None = None, rule: str | None = None,
+                     provider: str | None = None, provider_id: str | None = None,
+                     owner: str | None = None) -> bool:
+        """Move a claimed notice to a terminal state. False if its lease was lost meanwhile."""
+        async with self.engine.begin() as conn:
+            return await self._finish(conn, notice, status, at, reason=reason, rule=rule,
+                                      provider=provider, provider_id=provider_id, owner=owner)
+
+    async def _finish(self, conn: AsyncConnection, notice: dict[str, Any], status: Status,
+                      at: datetime, *, reason: str | None, rule: str | None,
+                      provider: str | None, provider_id: str | None,
+                      owner: str | None) -> bool:
+        where = [notices.c.notice_id == notice["notice_id"]]
+        where.append(notices.c.lease_owner == owner if owner else notices.c.state == WAITING)
+        if owner:
+            where.append(notices.c.state == CLAIMED)
+        result = await conn.execute(update(notices).where(and_(*where)).values(
+            state=status, reason=reason, provider=provider, provider_id=provider_id,
+            locale=notice["locale"], lease_owner=None, lease_until=None, updated_at=at))
+        if result.rowcount == 0:
+            return False
+        outcome = outcome_for(notice, status, at, reason=reason, provider=provider,
+                              provider_id=provider_id)
+        await self.add_decision(conn, notice, status, at, reason=reason, rule=rule,
+                                outcome=outcome)
+        return True
+
+    async def finish_many(self, items: Iterable[tuple[dict[str, Any], Status, dict[str, Any]]],
+                          at: datetime, owner: str) -> int:
+        """Several terminal decisions in one transaction (the dispatcher's batch)."""
+        done = 0
+        async with self.engine.begin() as conn:
+            for notice, status, extra in items:
+                done += await self._finish(conn, notice, status, at, owner=owner,
+                                           reason=extra.get("reason"), rule=extra.get("rule"),
+                                           provider=extra.get("provider"),
+                                           provider_id=extra.get("provider_id"))
+        return done
+
+    async def retry_later(self, notice: dict[str, Any], due_at: datetime, at: datetime, *,
+                          reason: str, owner: str, publish: bool = False,
+                          rule: str | None = None) -> bool:
+        """Give a claimed notice back to the waiting list, due later (retry, deferral)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(notices).where(and_(
+                notices.c.notice_id == notice["notice_id"], notices.c.lease_owner == owner,
+                notices.c.state == CLAIMED)).values(
+                state=WAITING, due_at=due_at, reason=reason, lease_owner=None,
+                lease_until=None, updated_at=at))
+            if result.rowcount == 0:
+                return False
+            outcome = (outcome_for(notice, "deferred", at, reason=reason, not_before=due_at)
+                       if publish else None)
+            await self.add_decision(conn, notice, "deferred" if publish else "retry", at,
+                                    reason=reason, rule=rule, outcome=outcome)
+            return True
+
+    # ---- claiming --------------------------------------------------------------------------
+
+    async def claim(self, owner: str, now: datetime, limit: int,
+                    lease_s: float) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due notices (and ones whose lease expired) to ``owner``."""
+        due = or_(and_(notices.c.state == WAITING, notices.c.due_at <= now),
+                  and_(notices.c.state == CLAIMED, notices.c.lease_until < now))
+        query = select(notices.c.notice_id).where(due).order_by(notices.c.due_at).limit(limit)
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        async with self.engine.begin() as conn:
+            ids = list((await conn.execute(query)).scalars())
+            if not ids:
+                return []
+            await conn.execute(update(notices).where(and_(notices.c.notice_id.in_(ids), due))
+                               .values(state=CLAIMED, lease_owner=owner,
+                                       lease_until=now + timedelta(seconds=lease_s),
+                                       claimed_at=now, attempts=notices.c.attempts + 1,
+                                       updated_at=now))
+            rows = await conn.execute(select(notices).where(and_(
+                notices.c.notice_id.in_(ids), notices.c.lease_owner == owner,
+                notices.c.state == CLAIMED)))
+            return [row_dict(r) for r in rows]
+
+    async def release(self, owner: str, now: datetime) -> int:
+        """Give back every notice ``owner`` still holds (at shutdown): due again at once."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(notices).where(and_(
+                notices.c.lease_owner == owner, notices.c.state == CLAIMED)).values(
+                state=WAITING, lease_owner=None, lease_until=None, due_at=now,
+                attempts=notices.c.attempts - 1, updated_at=now))
+            return int(result.rowcount)
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    async def event_bodies(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(events.c.event_id, events.c.body).where(
+                events.c.event_id.in_(list(event_ids))))
+            return {r.event_id: json.loads(r.body) for r in rows}
+
+    async def active_holds(self, account_ids: Sequence[str]) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(holds.c.account_id, holds.c.reason).where(and_(
+                holds.c.account_id.in_(list(account_ids)), holds.c.released_at.is_(None)))
+                .order_by(holds.c.since))
+            return {r.account_id: r.reason for r in rows}
+
+    async def opted_out(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not pairs:
+            return set()
+        destinations = list({d for _, d in pairs})
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(opt_outs.c.channel, opt_outs.c.destination).where(
+                opt_outs.c.destination.in_(destinations)))
+            return {(r.channel, r.destination) for r in rows} & set(pairs)
+
+    async def unpublished(self, limit: int) -> list[tuple[int, str]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(decisions.c.id, decisions.c.outcome).where(
+                decisions.c.published.is_(False)).order_by(decisions.c.id).limit(limit))
+            return [(r.id, r.outcome) for r in rows]
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(decisions).where(decisions.c.id.in_(list(ids)))
+                               .values(published=True))
+
+    async def notice(self, notice_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(notices).where(
+                notices.c.notice_id == notice_id))).first()
+            return row_dict(row) if row else None
+
+    async def timeline(self, notice_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(decisions).where(
+                decisions.c.notice_id == notice_id).order_by(decisions.c.id))
+            return [row_dict(r) for r in rows]
+
+    async def counts_by_state(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(notices.c.state, func.count()).group_by(
+                notices.c.state))
+            return {state: int(count) for state, count in rows}
+
+    async def notices_of_account(self, account_id: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(notices).where(
+                notices.c.account_id == account_id).order_by(notices.c.created_at))
+            return [row_dict(r) for r in rows]
+
+    async def latest_escalation(self, conn: AsyncConnection,
+                                account_id: str) -> dict[str, Any] | None:
+        row = (await conn.execute(select(events.c.body).join(
+            accounts, accounts.c.event_id == events.c.event_id).where(
+            accounts.c.account_id == account_id))).first()
+        return json.loads(row.body) if row else None

@@ -1,0 +1,87 @@
+"""Outcomes (CONTRACT.md §4, schema ``dunning.outcome/v1``): the model and its publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+Status = Literal["sent", "deferred", "suppressed", "cancelled", "failed"]
+SCHEMA: Literal["dunning.outcome/v1"] = "dunning.outcome/v1"
+
+
+class Outcome(BaseModel):
+    model_config = ConfigDict(frozen=True, title=SCHEMA)
+
+    schema_: Literal["dunning.outcome/v1"] = SCHEMA
+    event_id: str
+    notice_id: str
+    account_id: str
+    debtor_id: str
+    stage: str
+    channel: Literal["email", "sms", "voice", "letter"]
+    template: str
+    locale: str
+    status: Status
+    reason: str | None = None
+    provider: str | None = None
+    provider_id: str | None = None
+    not_before: AwareDatetime | None = None
+    attempt: int
+    at: AwareDatetime
+
+    def to_json(self) -> str:
+        data = self.model_dump(mode="json")
+        data = {"schema": data.pop("schema_"), **data}
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def outcome_json_schema() -> dict[str, Any]:
+    schema = Outcome.model_json_schema(mode="serialization")
+    props = schema["properties"]
+    props["schema"] = props.pop("schema_")
+    schema["required"] = ["schema" if name == "schema_" else name for name in schema["required"]]
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA
+    return schema
+
+
+def outcome_for(notice: dict[str, Any], status: Status, at: datetime, *, reason: str | None = None,
+                provider: str | None = None, provider_id: str | None = None,
+                not_before: datetime | None = None) -> Outcome:
+    """The outcome of one decision about one notice (a ledger row of `notices`)."""
+    return Outcome(
+        event_id=notice["event_id"], notice_id=notice["notice_id"],
+        account_id=notice["account_id"], debtor_id=notice["debtor_id"], stage=notice["stage"],
+        channel=notice["channel"], template=notice["template"], locale=notice["locale"],
+        status=status, reason=reason, provider=provider, provider_id=provider_id,
+        not_before=not_before, attempt=max(int(notice.get("attempts") or 0), 1), at=at,
+    )
+
+
+class OutcomeSink(Protocol):
+    """Where outcomes go: the broker in production, a list in tests."""
+
+    async def publish(self, messages: list[tuple[str, str]]) -> None:
+        """Publish (routing key, JSON body) pairs; return only once all are confirmed."""
+        ...
+
+
+def routing_key(outcome_json: str) -> str:
+    data = json.loads(outcome_json)
+    return f"{data['status']}.{data['channel']}"
+
+
+class MemoryOutcomeSink:
+    """In-memory twin of the broker publisher."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+        self.arrived = asyncio.Event()
+
+    async def publish(self, messages: list[tuple[str, str]]) -> None:
+        self.messages.extend(messages)
+        self.arrived.set()

@@ -1,0 +1,139 @@
+"""One behaviour suite for the ledger, run against SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.intake import decide
+from service.ledger import Accepted, Ingest, SqlLedger
+from service.policy import load_policy
+
+ROOT = Path(__file__).parent.parent.parent
+SAMPLES = ROOT / "tests" / "samples"
+POLICY = load_policy(ROOT / "templates" / "policy.yaml")
+NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlLedger]:
+    from tests.helpers.ledgers import make_ledger
+
+    async with make_ledger(request.param, tmp_path) as made:
+        yield made
+
+
+def sample(name: str, **changes: Any) -> Accepted:
+    data = json.loads((SAMPLES / name).read_text())
+    data.update(changes)
+    return decide(json.dumps(data).encode(), POLICY)
+
+
+async def test_escalation_plans_its_notices_once(ledger: SqlLedger) -> None:
+    ingest = Ingest(ledger)
+    report = await ingest.apply([sample("escalated_m1_cn.json")], NOW)
+    assert (report.new_events, report.notices) == (1, 2)
+    again = await ingest.apply([sample("escalated_m1_cn.json")], NOW)
+    assert (again.new_events, again.duplicates, again.notices) == (0, 1, 0)
+    assert await ledger.counts_by_state() == {"waiting": 2}
+
+
+async def test_a_due_notice_is_claimed_by_one_owner_only(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
+    first = await ledger.claim("a", NOW, 10, 60)
+    assert len(first) == 2 and all(n["attempts"] == 1 for n in first)
+    assert await ledger.claim("b", NOW, 10, 60) == []
+    expired = await ledger.claim("b", NOW + timedelta(seconds=61), 10, 60)
+    assert {n["notice_id"] for n in expired} == {n["notice_id"] for n in first}
+    assert all(n["attempts"] == 2 for n in expired)
+
+
+async def test_finishing_records_one_outcome_and_needs_the_lease(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
+    notice = (await ledger.claim("a", NOW, 1, 60))[0]
+    assert not await ledger.finish(notice, "sent", NOW, owner="b", provider="x", provider_id="1")
+    assert await ledger.finish(notice, "sent", NOW, owner="a", provider="x", provider_id="1")
+    assert not await ledger.finish(notice, "sent", NOW, owner="a")
+    rows = await ledger.unpublished(10)
+    assert len(rows) == 1
+    outcome = json.loads(rows[0][1])
+    assert outcome["schema"] == "dunning.outcome/v1"
+    assert (outcome["status"], outcome["provider_id"], outcome["attempt"]) == ("sent", "1", 1)
+    await ledger.mark_published([rows[0][0]])
+    assert await ledger.unpublished(10) == []
+
+
+async def test_retry_later_makes_the_notice_due_again_later(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json", channels=["sms"])], NOW)
+    notice = (await ledger.claim("a", NOW, 1, 60))[0]
+    later = NOW + timedelta(seconds=30)
+    assert await ledger.retry_later(notice, later, NOW, reason="twilio_503", owner="a")
+    assert await ledger.claim("a", NOW + timedelta(seconds=29), 1, 60) == []
+    assert len(await ledger.claim("a", later, 1, 60)) == 1
+    assert await ledger.unpublished(10) == []  # a retry is recorded but is no outcome
+
+
+async def test_payment_cancels_earlier_escalations_and_thanks_the_debtor(ledger: SqlLedger) -> None:
+    ingest = Ingest(ledger)
+    await ingest.apply([sample("escalated_m1_cn.json")], NOW)
+    later = sample("escalated_m1_cn.json", event_id="evt-later",
+                   occurred_at="2026-11-28T21:00:00+08:00")
+    await ingest.apply([later], NOW)
+    report = await ingest.apply([sample("payment_received.json")], NOW)
+    assert (report.cancelled, report.notices) == (2, 2)
+    notices = await ledger.notices_of_account("CC-6222-0001")
+    states = {(n["event_id"], n["channel"]): n["state"] for n in notices}
+    assert states[("evt-cn-0001", "sms")] == "cancelled"
+    assert states[("evt-later", "sms")] == "waiting"
+    thanks = [n for n in notices if n["stage"] == "on_payment"]
+    assert {n["debtor_id"] for n in thanks} == {"D-1001"}
+    reasons = {json.loads(body)["reason"] for _, body in await ledger.unpublished(10)}
+    assert reasons == {"payment_received"}
+
+
+async def test_hold_cancels_waiting_notices_until_released(ledger: SqlLedger) -> None:
+    ingest = Ingest(ledger)
+    await ingest.apply([sample("escalated_early_us.json"), sample("hold_dispute.json")], NOW)
+    assert await ledger.counts_by_state() == {"cancelled": 2}
+    assert await ledger.active_holds(["CC-4111-0042"]) == {"CC-4111-0042": "dispute"}
+    release = json.loads((SAMPLES / "hold_dispute.json").read_text())
+    release.update(event_id="evt-release", type="account.hold_released",
+                   occurred_at="2026-11-30T09:00:00-05:00")
+    await ingest.apply([decide(json.dumps(release).encode(), POLICY)], NOW)
+    assert await ledger.active_holds(["CC-4111-0042"]) == {}
+
+
+async def test_opt_outs_are_kept_per_channel_and_destination(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("opted_out.json")], NOW)
+    pairs = [("sms", "+12025550143"), ("email", "+12025550143")]
+    assert await ledger.opted_out(pairs) == {("sms", "+12025550143")}
+
+
+async def test_release_gives_back_unstarted_claims(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
+    await ledger.claim("a", NOW, 10, 60)
+    assert await ledger.release("a", NOW) == 2
+    again = await ledger.claim("b", NOW, 10, 60)
+    assert [n["attempts"] for n in again] == [1, 1]
+
+
+async def test_concurrent_claims_never_share_a_notice(ledger: SqlLedger) -> None:
+    events = [sample("escalated_m1_cn.json", event_id=f"evt-{i}") for i in range(50)]
+    await Ingest(ledger).apply(events, NOW)
+    results = await asyncio.gather(*(ledger.claim(f"w{i}", NOW, 7, 60) for i in range(8)))
+    ids = [n["notice_id"] for batch in results for n in batch]
+    assert len(ids) == len(set(ids)) == 56
+
+
+async def test_times_come_back_aware_in_utc(ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
+    notice = (await ledger.notices_of_account("CC-6222-0001"))[0]
+    assert notice["due_at"] == NOW and notice["due_at"].utcoffset() == timedelta(0)
+    # 09:30 in Shanghai is 01:30 UTC
+    assert notice["escalation_at"] == datetime(2026, 11, 28, 1, 30, tzinfo=UTC)

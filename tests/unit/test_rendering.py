@@ -1,0 +1,106 @@
+"""Rendering: filters, locale fallback, SMS segment counting."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from jinja2 import UndefinedError
+
+from service.rendering import (
+    Renderer,
+    RenderInput,
+    TemplateMissing,
+    locale_chain,
+    mask,
+    sms_segments,
+)
+
+
+def write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def data(locale: str = "zh-CN", channel: str = "sms", currency: str = "CNY") -> RenderInput:
+    return RenderInput(
+        notice_id="ntc_1", channel=channel, template="t", locale=locale, stage="m1",
+        account={"amount_due": Decimal("1830.00"), "currency": currency, "card_last4": "4321",
+                 "due_date": date(2026, 10, 25)},
+        debtor={"name": "张伟"}, event={}, context={}, sender={"name": "Bank"},
+        today=date(2026, 11, 28))
+
+
+def test_money_is_locale_aware_with_grouping(tmp_path: Path) -> None:
+    write(tmp_path, "t/zh-CN/sms.txt.j2", "{{ account.amount_due | money(account.currency) }}")
+    write(tmp_path, "t/en-US/sms.txt.j2", "{{ account.amount_due | money(account.currency) }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.render(data()).parts["text"] == "¥1,830.00"
+    assert renderer.render(data("en-US", currency="USD")).parts["text"] == "$1,830.00"
+
+
+def test_date_filter_follows_the_locale(tmp_path: Path) -> None:
+    write(tmp_path, "t/zh-CN/sms.txt.j2", "{{ account.due_date | date }}")
+    write(tmp_path, "t/en-US/sms.txt.j2", "{{ account.due_date | date }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.render(data()).parts["text"] == "2026年10月25日"
+    assert renderer.render(data("en-US")).parts["text"] == "October 25, 2026"
+
+
+def test_locale_falls_back_from_region_to_language_to_default(tmp_path: Path) -> None:
+    write(tmp_path, "t/zh/sms.txt.j2", "中文")
+    write(tmp_path, "t/en-US/sms.txt.j2", "English")
+    renderer = Renderer(tmp_path, "en-US")
+    assert renderer.render(data("zh-CN")).parts["text"] == "中文"
+    assert renderer.render(data("fr-FR")).locale == "en-US"
+    assert locale_chain("zh-CN", "en-US") == ["zh-CN", "zh", "en-US"]
+
+
+def test_a_missing_template_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(TemplateMissing, match="no sms files"):
+        Renderer(tmp_path).render(data())
+
+
+def test_undefined_variables_fail_instead_of_rendering_blank(tmp_path: Path) -> None:
+    write(tmp_path, "t/zh-CN/sms.txt.j2", "{{ account.nope }}")
+    with pytest.raises(UndefinedError):
+        Renderer(tmp_path).render(data())
+
+
+def test_html_is_autoescaped_and_text_is_not(tmp_path: Path) -> None:
+    for name in ("email.subject.j2", "email.txt.j2", "email.html.j2"):
+        write(tmp_path, f"t/zh-CN/{name}", "{{ debtor.name }}")
+    notice = data(channel="email")
+    notice.debtor["name"] = "<b>Tom & Jerry</b>"
+    parts = Renderer(tmp_path).render(notice).parts
+    assert parts["html"] == "&lt;b&gt;Tom &amp; Jerry&lt;/b&gt;"
+    assert parts["text"] == "<b>Tom & Jerry</b>"
+
+
+def test_mask_keeps_the_last_four() -> None:
+    assert mask("6222000012344321") == "************4321"
+    assert mask("123") == "***"
+    assert mask(None) == ""
+
+
+@pytest.mark.parametrize(("text", "encoding", "segments"), [
+    ("a" * 160, "GSM-7", 1),
+    ("a" * 161, "GSM-7", 2),
+    ("a" * 306, "GSM-7", 2),
+    ("a" * 307, "GSM-7", 3),
+    ("{" * 80, "GSM-7", 1),   # extension characters count twice
+    ("{" * 81, "GSM-7", 2),
+    ("中" * 70, "UCS-2", 1),
+    ("中" * 71, "UCS-2", 2),
+    ("中" * 134, "UCS-2", 2),
+    ("中" * 135, "UCS-2", 3),
+    ("a" * 69 + "€", "GSM-7", 1),
+    ("😀" * 35, "UCS-2", 1),  # a surrogate pair is two UCS-2 units
+    ("😀" * 36, "UCS-2", 2),
+])
+def test_sms_segments(text: str, encoding: str, segments: int) -> None:
+    count = sms_segments(text)
+    assert (count.encoding, count.segments) == (encoding, segments)
