@@ -1,0 +1,210 @@
+"""`dunning worker` as a real subprocess, and the broker side a test sees (publish, outcomes,
+dead letters), on unique queue and exchange names per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+ROOT = Path(__file__).parent.parent.parent
+SAMPLES = ROOT / "tests" / "samples"
+AMQP_URL = os.environ.get("DUNNING_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def names(prefix: str) -> dict[str, str]:
+    return {
+        "DUNNING_EXCHANGE": f"{prefix}.events",
+        "DUNNING_QUEUE": f"{prefix}.dispatch",
+        "DUNNING_DEAD_QUEUE": f"{prefix}.dead",
+        "DUNNING_OUTCOMES_EXCHANGE": f"{prefix}.outcomes",
+    }
+
+
+class WorkerProcess:
+    """One worker process with its own settings; logs go to a file the test can read."""
+
+    def __init__(self, workdir: Path, prefix: str, **settings: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / f"worker-{self.port}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DUNNING_")}
+        self.env.update(names(prefix))
+        self.env.update({
+            "DUNNING_AMQP_URL": AMQP_URL,
+            "DUNNING_DATABASE_URL": f"sqlite:///{workdir / 'ledger.db'}",
+            "DUNNING_TEMPLATES_DIR": str(ROOT / "templates"),
+            "DUNNING_OUTBOX_DIR": str(workdir / "outbox"),
+            "DUNNING_HTTP_PORT": str(self.port),
+            "DUNNING_HTTP_HOST": "127.0.0.1",
+            "DUNNING_LOG_FORMAT": "json",
+            "DUNNING_RETRY_BASE_S": "0.2",
+            "DUNNING_DISPATCH_POLL_S": "0.1",
+        })
+        self.env.update(settings)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=self.env,
+                                     cwd=self.workdir, stdout=log, stderr=log)
+        log.close()
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
+            if self.http_status("/readyz") == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.logs()}")
+
+    def http_status(self, path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:  # noqa: S310
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def http_text(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:  # noqa: S310
+            return str(r.read().decode())
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") \
+            if self.log_path.exists() else ""
+
+    def terminate(self, timeout_s: float = 40.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+class Broker:
+    """The test's own connection: publishes events, collects outcomes and dead letters."""
+
+    def __init__(self, prefix: str) -> None:
+        self.names = names(prefix)
+        self.outcomes: list[dict[str, Any]] = []
+        self.outcome_keys: list[str] = []
+        self.connection: AbstractRobustConnection | None = None
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> Broker:
+        self.connection = await aio_pika.connect_robust(AMQP_URL)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        topic = aio_pika.ExchangeType.TOPIC
+        self.events = await self.channel.declare_exchange(self.names["DUNNING_EXCHANGE"], topic,
+                                                          durable=True)
+        outcomes = await self.channel.declare_exchange(self.names["DUNNING_OUTCOMES_EXCHANGE"],
+                                                       topic, durable=True)
+        self.outcome_queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        await self.outcome_queue.bind(outcomes, "#")
+        await self.outcome_queue.consume(self._on_outcome, no_ack=True)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.connection is not None
+        channel = await self.connection.channel()
+        for queue in ("DUNNING_QUEUE", "DUNNING_DEAD_QUEUE"):
+            await channel.queue_delete(self.names[queue])
+        for exchange in ("DUNNING_EXCHANGE", "DUNNING_OUTCOMES_EXCHANGE"):
+            await channel.exchange_delete(self.names[exchange])
+        await self.connection.close()
+
+    async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
+        self.outcomes.append(json.loads(message.body))
+        self.outcome_keys.append(message.routing_key or "")
+        self._arrived.set()
+
+    async def publish_raw(self, body: bytes, routing_key: str) -> None:
+        await self.events.publish(aio_pika.Message(
+            body, content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=routing_key)
+
+    async def publish(self, *events: dict[str, Any]) -> None:
+        await asyncio.gather(*(self.publish_raw(json.dumps(e, ensure_ascii=False).encode(),
+                                                str(e.get("type", "x"))) for e in events))
+
+    async def publish_sample(self, name: str, **changes: Any) -> dict[str, Any]:
+        event = sample(name, **changes)
+        await self.publish(event)
+        return event
+
+    async def wait_outcomes(self, count: int, timeout_s: float = 20.0,
+                            terminal: bool = False) -> list[dict[str, Any]]:
+        """Wait until ``count`` outcomes (terminal ones only, if asked) have arrived."""
+        def seen() -> list[dict[str, Any]]:
+            return [o for o in self.outcomes if not terminal or o["status"] != "deferred"]
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(seen()) < count:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"{len(seen())} of {count} outcomes after {timeout_s} s: "
+                                     f"{self.outcomes}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                pass
+        return seen()
+
+    async def dead_letters(self, count: int, timeout_s: float = 10.0) -> list[AbstractIncomingMessage]:
+        queue = await self.channel.declare_queue(self.names["DUNNING_DEAD_QUEUE"], durable=True,
+                                                 arguments={"x-queue-type": "quorum"})
+        found: list[AbstractIncomingMessage] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+            else:
+                found.append(message)
+        return found
+
+
+def sample(name: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+    data.update(changes)
+    return data
+
+
+def by_channel(outcomes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["channel"]: o for o in outcomes}
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
