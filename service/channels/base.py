@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 Channel = Literal["email", "sms", "voice", "letter"]
 CHANNELS: tuple[Channel, ...] = ("email", "sms", "voice", "letter")
@@ -98,7 +98,11 @@ class Receipt:
 class ChannelAdapter(Protocol):
     """What the dispatcher needs of a channel adapter."""
 
-    channel: ClassVar[Channel]
+    @property
+    def channel(self) -> Channel:
+        """The channel this adapter sends on (a class or an instance attribute will do)."""
+        ...
+
     name: str  # the provider, as recorded in outcomes ("twilio", "smtp", "outbox", …)
 
     async def send(self, notice: RenderedNotice) -> Receipt:

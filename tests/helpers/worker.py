@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ class WorkerProcess:
 
     def http_status(self, path: str) -> int | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
                 return int(r.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
@@ -93,7 +93,7 @@ class WorkerProcess:
             return None
 
     def http_text(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
             return str(r.read().decode())
 
     def logs(self) -> str:
@@ -169,6 +169,16 @@ class Broker:
         """Wait until ``count`` outcomes (terminal ones only, if asked) have arrived."""
         def seen() -> list[dict[str, Any]]:
             return [o for o in self.outcomes if not terminal or o["status"] != "deferred"]
+        return await self._wait(seen, count, timeout_s)
+
+    async def wait_notices(self, count: int, timeout_s: float = 20.0) -> set[str]:
+        """Wait until ``count`` distinct notices have a terminal outcome (repeats count once)."""
+        def seen() -> list[str]:
+            return list({o["notice_id"] for o in self.outcomes if o["status"] != "deferred"})
+        return set(await self._wait(seen, count, timeout_s))
+
+    async def _wait(self, seen: Callable[[], list[Any]], count: int,
+                    timeout_s: float) -> list[Any]:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while len(seen()) < count:
             remaining = deadline - asyncio.get_running_loop().time()
