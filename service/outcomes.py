@@ -43,7 +43,9 @@ def outcome_json_schema() -> dict[str, Any]:
     schema = Outcome.model_json_schema(mode="serialization")
     props = schema["properties"]
     props["schema"] = props.pop("schema_")
-    schema["required"] = ["schema" if name == "schema_" else name for name in schema["required"]]
+    props["schema"] = {"const": SCHEMA, "type": "string", "title": "Schema"}
+    # every outcome carries every field (null where it does not apply)
+    schema["required"] = ["schema", *(name for name in props if name != "schema")]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = SCHEMA
     return schema

@@ -19,7 +19,7 @@ _US_DEBTOR = {
 _CONTEXT = {
     "itemization_date": "2026-06-30", "itemization_amount": "3000.00",
     "interest_since": "95.44", "fees_since": "25.00", "payments_since": "0.00",
-    "validation_end_date": "2026-12-29", "hotline": "400-820-0000",
+    "validation_end_date": "2026-12-29",
 }
 
 
@@ -37,7 +37,7 @@ def escalation(stage: str, ladder: str) -> dict[str, Any]:
         },
         "debtor": dict(_CN_DEBTOR if cn else _US_DEBTOR),
         "channels": None,
-        "context": dict(_CONTEXT),
+        "context": {**_CONTEXT, "hotline": "400-820-0000"} if cn else dict(_CONTEXT),
     }
 
 

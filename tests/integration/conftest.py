@@ -15,15 +15,13 @@ TWILIO_FROM = "+15005550006"
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpTestServer]:
-    with SmtpTestServer() as server:
-        yield server
+def smtp(smtp_server: SmtpTestServer) -> SmtpTestServer:
+    return smtp_server
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[TwilioDouble]:
-    async with TwilioDouble() as double:
-        yield double
+def twilio(twilio_double: TwilioDouble) -> TwilioDouble:
+    return twilio_double
 
 
 @pytest.fixture
