@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.events import BadEvent, Escalated, validate_event
 from service.policy import PolicyError, load_policy
 from service.rendering import Renderer, RenderInput, TemplateMissing, sms_segments
+
+if TYPE_CHECKING:
+    from service.channels.pdf import Pdf
 
 
 class PreviewError(Exception):
@@ -45,3 +49,10 @@ def preview(settings: Settings, event_file: Path, template: str, channel: str,
         return (f"{parts['text']}\n\n[{count.encoding}, {count.units} units, "
                 f"{count.segments} segment(s), locale {rendered.locale}]")
     return parts.get("text") or parts["html"]
+
+
+def letter_pdf(settings: Settings, html: str) -> Pdf:
+    """The PDF of a previewed letter, rendered in this process (WeasyPrint is imported here)."""
+    from service.channels.pdf import render_pdf
+
+    return render_pdf(html, settings.templates_dir.resolve().as_uri() + "/")
