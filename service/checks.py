@@ -15,6 +15,7 @@ from service import samples
 from service.events import Escalated, validate_event
 from service.policy import ON_PAYMENT, Policy, PolicyError, StepSpec, load_policy
 from service.rendering import CHANNEL_FILES, Renderer, RenderInput, sms_segments
+from service.rules import missing_disclosures
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,22 @@ class TemplateChecker:
             self.rendered += 1
             if usage.step.channel == "sms" and part == "text":
                 self._check_sms(relative, text.strip(), policy.budget_for(usage.step))
+            if part != "subject":
+                self._check_disclosures(policy, usage, relative, text, data)
+
+    def _check_disclosures(self, policy: Policy, usage: Usage, relative: str, text: str,
+                           data: RenderInput) -> None:
+        """Every disclosure the ladder's rule packs require on this channel (COMPLIANCE.md)."""
+        compliance = policy.rule_packs
+        packs = compliance.packs_for(usage.ladder)
+        rules = compliance.rules_for(packs, usage.step.channel)
+        values = {**data.sender, **{k: str(v) for k, v in data.context.items()}}
+        for rule_id, name in missing_disclosures(rules, compliance.disclosures, text, values):
+            pack = next(p for p in packs if any(r.id == rule_id for r in compliance.packs[p].rules))
+            self.problems.append(Problem(
+                str(self.dir / relative),
+                f"missing disclosure {name!r} required by rule {rule_id} (pack {pack}): "
+                f"{compliance.disclosures[name].description}"))
 
     def _render_file(self, renderer: Renderer, relative: str,
                      variables: dict[str, Any]) -> str | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.channels.base import Channel
 from service.events import BadEvent, Escalated, PaymentReceived
+from service.rulepacks import Compliance
 
 ON_PAYMENT = "on_payment"
 
@@ -54,7 +54,7 @@ class Policy(_Strict):
     jurisdictions: dict[str, str] = Field(default_factory=dict)
     stages: dict[str, StageSpec]
     on_payment: OnPayment = Field(default_factory=OnPayment)
-    rule_packs: dict[str, Any] = Field(default_factory=dict)
+    rule_packs: Compliance = Field(default_factory=Compliance)
 
     @model_validator(mode="after")
     def _ladders_exist(self) -> Policy:

@@ -17,7 +17,7 @@ _US_DEBTOR = {
                 "postal_code": "20500", "country": "US"},
 }
 _CONTEXT = {
-    "itemization_date": "2026-06-30", "itemization_amount": "3000.00",
+    "itemization_date": "2026-06-30", "itemization_amount": "1709.56",  # + 95.44 + 25.00 = 1830.00
     "interest_since": "95.44", "fees_since": "25.00", "payments_since": "0.00",
     "validation_end_date": "2026-12-29",
 }

@@ -52,3 +52,28 @@ def test_a_policy_step_without_its_template_fails(tmp_path: Path) -> None:
         encoding="utf-8")
     result = check(copy)
     assert result.returncode == 1 and "not_written" in result.stdout
+
+
+def test_a_us_sms_without_the_opt_out_line_fails_naming_the_file_and_the_rule(
+        tmp_path: Path) -> None:
+    copy = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", copy)
+    sms = copy / "us_early" / "en-US" / "sms.txt.j2"
+    sms.write_text("Your card ending {{ account.card_last4 }} is past due: "
+                   "{{ account.amount_due | money(account.currency) }}.", encoding="utf-8")
+    result = check(copy)
+    assert result.returncode == 1
+    line = next(line for line in result.stdout.splitlines() if "us_early/en-US/sms.txt.j2" in line)
+    assert "opt_out" in line and "us.fdcpa.opt_out_notice" in line
+
+
+def test_a_cn_letter_without_the_bank_contact_fails(tmp_path: Path) -> None:
+    copy = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", copy)
+    letter = copy / "cn_m3" / "zh-CN" / "letter.html.j2"
+    letter.write_text("<p>{{ debtor.name }}：您的欠款为 "
+                      "{{ account.amount_due | money(account.currency) }}。</p>", encoding="utf-8")
+    result = check(copy)
+    assert result.returncode == 1
+    assert any("cn_m3/zh-CN/letter.html.j2" in line and "cn.bank_contact" in line
+               for line in result.stdout.splitlines())
