@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import FieldTable
 
+from service import metrics
 from service.config import Settings
 from service.events import BadEvent, Escalated, PaymentReceived, parse_event
 from service.ledger import Accepted, Ingest
@@ -68,6 +70,13 @@ def decide(body: bytes, policy: Policy) -> Accepted:
     return Accepted(event, event.model_dump_json(), steps)
 
 
+def _decide_or_bad(message: AbstractIncomingMessage, policy: Policy) -> Accepted | BadEvent:
+    try:
+        return decide(message.body, policy)
+    except BadEvent as bad:
+        return bad
+
+
 @dataclass(slots=True)
 class IntakeStats:
     consumed: int = 0
@@ -105,40 +114,75 @@ class Intake:
         self.attached = False
 
     async def run(self) -> None:
-        """Batch loop: runs until cancelled or, after stop_consuming, until the inbox is empty."""
-        while not (self._stopping and self._inbox.empty()):
-            batch = await self._next_batch()
-            if batch:
-                await self._process(batch)
+        """Batch loop: runs until cancelled or, after stop_consuming, until the inbox is empty.
 
-    async def _next_batch(self) -> list[AbstractIncomingMessage]:
+        A batch is decoded while the one before it is being written; writes and acks stay in
+        arrival order (one write at a time), and nothing is acked before it is committed.
+        """
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not (self._stopping and self._inbox.empty()):
+                batch = await self._next_batch(writing)
+                if not batch:
+                    continue
+                decided = [(message, _decide_or_bad(message, self.policy)) for message in batch]
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._process(batch, decided))
+        except BaseException:
+            if writing is not None:
+                writing.cancel()  # unacked: the broker redelivers, and recording is idempotent
+            raise
+        if writing is not None:
+            await writing
+
+    async def _next_batch(self, writing: asyncio.Task[None] | None
+                          ) -> list[AbstractIncomingMessage]:
+        """What is in the inbox; more only while the previous batch is still being written
+        (up to ``intake_flush_s``): an idle ledger takes a lone event at once."""
         try:
             first = await asyncio.wait_for(self._inbox.get(), timeout=0.2)
         except TimeoutError:
             return []
         batch = [first]
-        deadline = asyncio.get_running_loop().time() + self.settings.intake_flush_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.intake_flush_s
         while len(batch) < self.settings.intake_batch:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if self._inbox.empty() and remaining <= 0:
+            if not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if writing is None or writing.done() or remaining <= 0:
                 break
-            try:
-                batch.append(self._inbox.get_nowait() if not self._inbox.empty() else
-                             await asyncio.wait_for(self._inbox.get(), timeout=remaining))
-            except TimeoutError:
+            getter = asyncio.ensure_future(self._inbox.get())
+            await asyncio.wait({getter, writing}, timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
+            getter.cancel()
+            got = (await asyncio.gather(getter, return_exceptions=True))[0]
+            if isinstance(got, BaseException):
                 break
+            batch.append(got)
         return batch
 
-    async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def _process(self, batch: list[AbstractIncomingMessage],
+                       decided: list[tuple[AbstractIncomingMessage, Accepted | BadEvent]]) -> None:
         accepted: list[Accepted] = []
-        for message in batch:
-            try:
-                accepted.append(decide(message.body, self.policy))
-            except BadEvent as bad:
-                await self._dead_letter(message, bad)
-        await self._record(accepted)
-        await batch[-1].ack(multiple=True)
+        try:
+            for message, result in decided:
+                if isinstance(result, BadEvent):
+                    await self._dead_letter(message, result)
+                else:
+                    accepted.append(result)
+            await self._record(accepted)
+            await batch[-1].ack(multiple=True)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # the channel these deliveries came on is gone: the broker redelivers every
+            # unacked one on the new channel, and recording them again is a no-op
+            log.warning("batch_not_acked", error=type(exc).__name__, messages=len(batch),
+                        setting="DUNNING_AMQP_URL")
+            return
         self.stats.consumed += len(batch)
+        metrics.EVENTS_CONSUMED.inc(len(batch))
         if accepted:
             self.on_recorded()
 
@@ -149,6 +193,7 @@ class Intake:
             try:
                 report = await self.ingest.apply(accepted, self.now())
             except Exception as exc:  # noqa: BLE001 - any ledger failure: retry, never drop
+                metrics.LEDGER_ERRORS.labels("intake").inc()
                 log.error("ledger_write_failed", error=str(exc).splitlines()[0],
                           setting="DUNNING_DATABASE_URL", retry_in_s=delay_s)
                 await asyncio.sleep(delay_s)
@@ -175,6 +220,7 @@ class Intake:
             routing_key=self.settings.dead_queue,
         )
         self.stats.dead[bad.code] = self.stats.dead.get(bad.code, 0) + 1
+        metrics.EVENTS_DEAD.labels(bad.code).inc()
         log.warning("event_dead_lettered", code=bad.code, detail=bad.detail,
                     routing_key=message.routing_key)
 
@@ -205,7 +251,7 @@ async def publish_events(exchange: AbstractExchange, events: list[dict[str, Any]
         for event in events))
 
 
-async def connect(settings: Settings) -> AbstractRobustConnection:
+async def connect(settings: Settings, name: str = "dunning") -> AbstractRobustConnection:
     """Connect to the broker; one clear line naming DUNNING_AMQP_URL if it cannot."""
     # the first attempt's failure is reported below as one line, not as the library's log
     library_logs = [logging.getLogger(name) for name in ("aio_pika", "aiormq")]
@@ -214,13 +260,35 @@ async def connect(settings: Settings) -> AbstractRobustConnection:
         logger.setLevel(logging.CRITICAL)
     try:
         async with asyncio.timeout(settings.startup_timeout_s):
-            return await aio_pika.connect_robust(settings.amqp_url, timeout=5)
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url, timeout=5,
+                client_properties={"connection_name": f"{name} pid {os.getpid()}"})
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
         raise ConnectionError(f"cannot reach the broker at {redact_url(settings.amqp_url)} "
                               f"({type(exc).__name__}: {exc}); check DUNNING_AMQP_URL") from None
     finally:
         for logger, level in zip(library_logs, levels, strict=True):
             logger.setLevel(level)
+    return connection
+
+
+def watch_connection(connection: AbstractRobustConnection) -> None:
+    """Log and count losing and regaining the broker (the worker's connection)."""
+    connection.close_callbacks.add(_on_lost)
+    connection.reconnect_callbacks.add(_on_reconnected)
+
+
+def _on_lost(_: Any, exc: BaseException | None = None) -> None:
+    if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        metrics.CONSUMER_ATTACHED.set(0)
+        log.warning("broker_connection_lost", error=type(exc).__name__,
+                    setting="DUNNING_AMQP_URL", action="reconnecting")
+
+
+def _on_reconnected(_: Any) -> None:
+    metrics.BROKER_RECONNECTS.inc()
+    metrics.CONSUMER_ATTACHED.set(1)
+    log.info("broker_reconnected")
 
 
 def redact_url(url: str) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # bump with a step in migrations.py
 WAITING, CLAIMED = "waiting", "claimed"
 TERMINAL = ("sent", "suppressed", "cancelled", "failed")
 
@@ -99,11 +99,18 @@ notices = Table(
     Column("lease_until", UtcDateTime),
     Column("claimed_at", UtcDateTime),
     Column("provider", String(32)),
-    Column("provider_id", String(128)),
+    Column("provider_id", String(128), index=True),
+    Column("destination", String(320)),
+    # when the contact rules let it go: what caps count (sent, or being sent right now)
+    Column("contact_at", UtcDateTime),
+    Column("delivery_status", String(32)),  # from provider callbacks: delivered, completed, …
+    Column("conversation", Boolean, nullable=False, default=False),  # a call answered
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Index("ix_notices_state_due", "state", "due_at"),
     Index("ix_notices_account_state", "account_id", "state"),
+    Index("ix_notices_debtor_contact", "debtor_id", "contact_at"),
+    Index("ix_notices_account_contact", "account_id", "contact_at"),
 )
 
 # every decision about a notice, append-only; `outcome` is the message for dunning.outcomes
