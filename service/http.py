@@ -12,7 +12,7 @@ from service.metrics import REGISTRY
 ReadyCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
 
-def make_app(ready: ReadyCheck) -> web.Application:
+def make_app(ready: ReadyCheck, routes: list[web.RouteDef] | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -30,6 +30,7 @@ def make_app(ready: ReadyCheck) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_routes(routes or [])
     return app
 
 

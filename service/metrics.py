@@ -19,3 +19,23 @@ PROVIDER_ERRORS = Counter("dunning_provider_errors_total", "Errors raised by cha
                           ["channel", "kind"], registry=REGISTRY)
 CONSUMER_ATTACHED = Gauge("dunning_consumer_attached", "1 while the queue consumer is attached",
                           registry=REGISTRY)
+RATE_LIMIT_WAITS = Counter("dunning_rate_limit_waits_total", "Sends that waited for a rate-limit "
+                           "slot, or were put back because none was near", ["channel", "kind"],
+                           registry=REGISTRY)
+RATE_LIMIT_DEGRADED = Gauge("dunning_rate_limit_degraded", "1 while shared (Redis) pacing is "
+                            "unavailable and this worker paces alone", registry=REGISTRY)
+BROKER_RECONNECTS = Counter("dunning_broker_reconnects_total", "Reconnections to RabbitMQ",
+                            registry=REGISTRY)
+LEDGER_ERRORS = Counter("dunning_ledger_errors_total", "Ledger (or, for relay, broker) operations "
+                        "that failed and are retried",
+                        ["operation"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge("dunning_circuit_open", "1 while a channel's circuit breaker is open "
+                     "(its provider is failing and is only probed)", ["channel"],
+                     registry=REGISTRY)
+CIRCUIT_TRANSITIONS = Counter("dunning_circuit_transitions_total", "Circuit breaker state "
+                              "changes", ["channel", "state"], registry=REGISTRY)
+RECONCILED = Counter("dunning_reconciled_total", "Notices whose earlier attempt had an unknown "
+                     "outcome, by what reconciliation found", ["channel", "found"],
+                     registry=REGISTRY)
+WAITING = Gauge("dunning_waiting_notices", "Notices waiting in the ledger, by when they are due "
+                "(due now, within a minute, an hour, a day, later)", ["due"], registry=REGISTRY)

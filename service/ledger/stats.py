@@ -1,0 +1,24 @@
+"""What the ledger holds, for /metrics: waiting notices by how soon they are due."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select
+
+from service.ledger.schema import WAITING, notices
+from service.ledger.store import SqlLedger
+
+# bucket name -> due before now + this; the last bucket takes the rest
+BUCKETS = (("due", timedelta(0)), ("1m", timedelta(minutes=1)), ("1h", timedelta(hours=1)),
+           ("1d", timedelta(days=1)))
+
+
+async def waiting_by_bucket(ledger: SqlLedger, now: datetime) -> dict[str, int]:
+    bucket = case(*((notices.c.due_at <= now + span, name) for name, span in BUCKETS),
+                  else_="later")
+    async with ledger.engine.connect() as conn:
+        rows = await conn.execute(select(bucket, func.count()).where(
+            notices.c.state == WAITING).group_by(bucket))
+        found = {str(name): int(count) for name, count in rows}
+    return {name: found.get(name, 0) for name, _ in (*BUCKETS, ("later", None))}
