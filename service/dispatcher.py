@@ -1,123 +1,170 @@
-"""The dispatcher: claims due notices and runs each through rules, render, send and record.
+"""The dispatcher: claims due notices and runs each through rules, render, pacing, send, record.
 
-Small named stages: :meth:`Dispatcher._prepare` (what to send and whether it may go),
-:meth:`Dispatcher._deliver` (the adapter call), :meth:`Dispatcher._record_error` (what an
-error means for the notice). Retries are a later ``due_at`` in the ledger, never a sleep.
+Small named stages: :meth:`Dispatcher._prepare` (what to send and whether it may go now),
+:meth:`Dispatcher._pace` (a rate-limit slot), :meth:`Dispatcher._deliver` (the adapter call),
+:meth:`Dispatcher._record_error` (what an error means). Deferrals and retries are a later
+``due_at`` in the ledger, never a sleeping task; the only sleep is the short wait for a
+rate-limit slot that was reserved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 import uuid
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from service import metrics
 from service.channels.base import (
-    Address,
     ChannelAdapter,
     DeliveryError,
     PermanentDeliveryError,
     RenderedNotice,
     TransientDeliveryError,
+    UnknownOutcomeError,
 )
+from service.circuit import CircuitBreaker
+from service.compose import Composer, EventCache, NotSendable
 from service.config import Settings
-from service.events import AnyEvent, Escalated, PaymentReceived, validate_event
 from service.ledger import SqlLedger
+from service.ledger.contacts import decide_contact
+from service.ledger.recorder import Recorder
 from service.logs import get_logger
 from service.policy import Policy
-from service.rendering import Renderer, RenderInput, sms_segments
-from service.rules import destination_for, evaluate
+from service.prepare import BatchPreparer, Prepared
+from service.ratelimit import LocalRateLimiter, RateLimiter
+from service.reconcile import UNKNOWN, needs_reconciling, reconcile
+from service.rendering import Renderer
+from service.rules import check_timing, destination_for, evaluate
 
 log = get_logger("dunning.dispatch")
-
-
-class NotSendable(Exception):
-    """A notice that can never go: template broken, SMS over budget, …"""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class Prepared:
-    notice: dict[str, Any]
-    rendered: RenderedNotice
-
-
-class EventCache:
-    """Parsed events by id, so no notice re-parses its event."""
-
-    def __init__(self, ledger: SqlLedger, size: int = 4096) -> None:
-        self.ledger = ledger
-        self.size = size
-        self._items: OrderedDict[str, AnyEvent] = OrderedDict()
-
-    async def get(self, event_id: str) -> AnyEvent | None:
-        if event_id not in self._items:
-            bodies = await self.ledger.event_bodies([event_id])
-            if event_id not in bodies:
-                return None
-            self._items[event_id] = validate_event(bodies[event_id])
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        self._items.move_to_end(event_id)
-        return self._items[event_id]
+PACING_HORIZON_S = 1.0  # claim a paced channel's notices about this far ahead of their slots
 
 
 class Dispatcher:
     def __init__(self, settings: Settings, ledger: SqlLedger, policy: Policy, renderer: Renderer,
                  adapters: Mapping[str, ChannelAdapter], now: Callable[[], datetime],
-                 on_decided: Callable[[], None]) -> None:
+                 on_decided: Callable[[], None], limiter: RateLimiter | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.policy = policy
-        self.renderer = renderer
+        self.composer = Composer(policy, renderer)
         self.adapters = adapters
         self.now = now
         self.on_decided = on_decided
+        self.limiter = limiter or LocalRateLimiter({})
         self.owner = f"w-{uuid.uuid4().hex[:12]}"
         self.events = EventCache(ledger)
+        self.recorder = Recorder(ledger, self.owner)
+        self.preparer = BatchPreparer(self.composer, self.events, ledger, self._terminal,
+                                      self.owner, settings.lease_s)
         self.wake = asyncio.Event()
+        self._room = asyncio.Event()  # set when a whole batch may be claimed again
         self._inflight: set[asyncio.Task[None]] = set()
+        self._by_channel: Counter[str] = Counter()
         self._stopping = False
         self.max_inflight = settings.dispatch_batch * 2
+        self.breakers = {channel: CircuitBreaker(channel, settings.circuit_failures,
+                                                 settings.circuit_open_s)
+                         for channel in adapters}
 
     # ---- the loop --------------------------------------------------------------------------
 
+    def _budgets(self) -> list[tuple[list[str] | None, int, bool]]:
+        """What to claim this round: paced channels up to their horizon, the rest together;
+        (channels, budget, paced)."""
+        free = self.max_inflight - len(self._inflight)
+        paced = {c: r for c in self.adapters if (r := self.limiter.rate(c)) is not None}
+        plan: list[tuple[list[str] | None, int, bool]] = []
+        for channel, rate in paced.items():
+            ahead = math.ceil(PACING_HORIZON_S / rate.interval_s) + 1
+            plan.append(([channel], min(free, ahead - self._by_channel[channel]), True))
+        unpaced = [c for c in self.adapters if c not in paced]
+        plan.append((unpaced if paced else None, min(free, self.settings.dispatch_batch), False))
+        return [(channels, budget, p) for channels, budget, p in plan if budget > 0]
+
     async def run(self) -> None:
         while not self._stopping:
-            free = self.max_inflight - len(self._inflight)
-            claimed = []
-            if free > 0:
+            self.wake.clear()  # a wake that arrives from here on is seen by _idle below
+            full = backlog = False
+            for channels, budget, paced in self._budgets():
                 try:
-                    claimed = await self.ledger.claim(self.owner, self.now(), min(
-                        free, self.settings.dispatch_batch), self.settings.lease_s)
+                    claimed = await self.ledger.claim(self.owner, self.now(), budget,
+                                                      self.settings.lease_s, channels)
                 except Exception as exc:  # noqa: BLE001 - ledger down: nothing is sent, retry
+                    metrics.LEDGER_ERRORS.labels("claim").inc()
                     log.error("claim_failed", error=str(exc).splitlines()[0],
                               setting="DUNNING_DATABASE_URL")
                     await asyncio.sleep(1.0)
-                    continue
-            for notice in claimed:
-                task = asyncio.create_task(self._handle(notice))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-            if len(claimed) < min(free, self.settings.dispatch_batch) or free <= 0:
-                await self._idle()
+                    break
+                full = full or len(claimed) == budget
+                backlog = backlog or (len(claimed) == budget and not paced)
+                if claimed:  # tracked, so that a drain waits for the batch it is preparing
+                    launch = asyncio.create_task(self._launch(claimed))
+                    self._track(launch, None)
+                    await launch
+            if backlog and self._has_room():
+                continue  # more unpaced notices are due: claim the next batch at once
+            await self._idle(PACING_HORIZON_S / 4 if full else self.settings.dispatch_poll_s)
 
-    async def _idle(self) -> None:
-        self.wake.clear()
+    def _has_room(self) -> bool:
+        """Room for a whole batch: claiming one notice per finished send batches nothing."""
+        return len(self._inflight) <= self.max_inflight - self.settings.dispatch_batch
+
+    async def _launch(self, claimed: list[dict[str, Any]]) -> None:
+        """Prepare the batch together, then send each notice on its own task."""
+        try:
+            prepared = await self.preparer.prepare(claimed, self.now())
+        except Exception:
+            # nothing was let go: the leases expire and the notices are claimed again
+            log.exception("batch_crashed", notices=len(claimed))
+            await asyncio.sleep(1.0)
+            return
+        self._spawn_all(prepared)
+
+    def _spawn_all(self, prepared: Prepared) -> None:
+        for closing in prepared.closing:
+            self._track(asyncio.create_task(self._closing(closing)), None)
+        for notice, rendered in prepared.ready:
+            self._start(notice, rendered)
+        for notice in prepared.one_by_one:
+            self._start(notice)
+
+    async def _closing(self, write: Any) -> None:
+        try:
+            await write
+        except Exception:
+            log.exception("decision_not_recorded")
+        finally:
+            self.on_decided()
+
+    def _start(self, notice: dict[str, Any], rendered: RenderedNotice | None = None) -> None:
+        self._track(asyncio.create_task(self._handle(notice, rendered)), notice["channel"])
+
+    def _track(self, task: asyncio.Task[None], channel: str | None) -> None:
+        if channel is not None:
+            self._by_channel[channel] += 1
+        self._inflight.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._inflight.discard(finished)
+            if channel is not None:
+                self._by_channel[channel] -= 1
+            if self._has_room():
+                self._room.set()
+        task.add_done_callback(done)
+
+    async def _idle(self, timeout_s: float) -> None:
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.wake.wait())]
-        if self._inflight:
-            waiters.append(asyncio.ensure_future(asyncio.wait(
-                set(self._inflight), return_when=asyncio.FIRST_COMPLETED)))
-        _, pending = await asyncio.wait(waiters, timeout=self.settings.dispatch_poll_s,
-                                           return_when=asyncio.FIRST_COMPLETED)
+        if not self._has_room():
+            self._room.clear()
+            waiters.append(asyncio.ensure_future(self._room.wait()))
+        _, pending = await asyncio.wait(waiters, timeout=timeout_s,
+                                        return_when=asyncio.FIRST_COMPLETED)
         for waiter in pending:
             waiter.cancel()
 
@@ -125,45 +172,43 @@ class Dispatcher:
         """Stop claiming, let in-flight sends finish, give back what was not started."""
         self._stopping = True
         self.wake.set()
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=timeout_s)
-        return await self.ledger.release(self.owner, self.now())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        # again until none is left: a batch being prepared starts its sends on new tasks
+        while self._inflight and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=left)
+        released = await self.ledger.release(self.owner, self.now())
+        await self.recorder.aclose()
+        return released
 
     # ---- one notice ------------------------------------------------------------------------
 
-    async def _handle(self, notice: dict[str, Any]) -> None:
+    async def _handle(self, notice: dict[str, Any], ready: RenderedNotice | None = None) -> None:
+        """One notice: prepared here unless the batch stage has (``ready``), then sent."""
         try:
-            prepared = await self._prepare(notice)
-            if prepared is not None:
-                await self._deliver(prepared)
+            rendered = ready or await self._prepare(notice)
+            if rendered is not None and await self._may_go(notice) and await self._pace(notice):
+                await self._deliver(notice, rendered)
         except NotSendable as exc:
-            await self._terminal(notice, "failed", reason=exc.reason, rule="render")
+            await self._terminal(notice, "failed", reason=exc.reason, rule=exc.rule)
         except Exception:
             log.exception("notice_crashed", notice_id=notice["notice_id"],
                           event_id=notice["event_id"], channel=notice["channel"])
         finally:
             self.on_decided()
 
-    async def _context(self, notice: dict[str, Any]) -> tuple[AnyEvent, Escalated] | None:
-        event = await self.events.get(notice["event_id"])
-        if isinstance(event, Escalated):
-            return event, event
-        if isinstance(event, PaymentReceived):
-            async with self.ledger.engine.connect() as conn:
-                body = await self.ledger.latest_escalation(conn, notice["account_id"])
-            escalation = validate_event(body) if body else None
-            if isinstance(escalation, Escalated):
-                return event, escalation
-        return None
-
-    async def _prepare(self, notice: dict[str, Any]) -> Prepared | None:
-        found = await self._context(notice)
+    async def _prepare(self, notice: dict[str, Any]) -> RenderedNotice | None:
+        found = await self.events.context(notice)
         if found is None:
             await self._terminal(notice, "failed", reason="event_missing", rule="ledger")
             return None
         event, escalation = found
-        debtor = escalation.debtor.model_dump()
-        destination = destination_for(notice["channel"], debtor)
+        destination = destination_for(notice["channel"], escalation.debtor.model_dump())
+        now = self.now()
+        rendered = None
+        if destination.value is not None:
+            rendered = self.composer.render(notice, event, escalation, destination.value, now)
+            if needs_reconciling(notice) and await self._reconciled(notice, rendered):
+                return None
         holds = await self.ledger.active_holds([notice["account_id"]])
         opted = destination.value is not None and bool(await self.ledger.opted_out(
             [(notice["channel"], destination.value)]))
@@ -172,57 +217,86 @@ class Dispatcher:
         if not decision.sends:
             await self._terminal(notice, "suppressed", reason=decision.reason, rule=decision.rule)
             return None
-        assert destination.value is not None
-        return Prepared(notice, self._render(notice, event, escalation, destination.value))
+        assert destination.value is not None and rendered is not None
+        subject = self.composer.subject(notice, escalation, destination.value)
+        rules = self.composer.rules(escalation, notice["channel"])
+        verdict = await decide_contact(
+            self.ledger, notice, destination.value,
+            lambda history: check_timing(rules, subject, history, now), now, self.owner,
+            self.settings.lease_s)
+        if not verdict.sends:
+            metrics.NOTICES.labels(notice["channel"], _status(verdict.verdict),
+                                   verdict.reason or "").inc()
+            return None
+        return rendered
 
-    def _render(self, notice: dict[str, Any], event: AnyEvent, escalation: Escalated,
-                destination: str) -> RenderedNotice:
-        ladder = self.policy.ladder_for(escalation.stage, escalation.ruling_jurisdiction)
-        zone = escalation.debtor.timezone or ladder.fallback_timezone
+    async def _reconciled(self, notice: dict[str, Any], rendered: RenderedNotice) -> bool:
+        """True if an earlier attempt did reach the provider (now recorded as sent)."""
         try:
-            today = self.now().astimezone(ZoneInfo(zone)).date()
-        except (KeyError, ValueError):
-            today = self.now().date()
-        data = RenderInput(
-            notice_id=notice["notice_id"], channel=notice["channel"], template=notice["template"],
-            locale=notice["locale"], stage=notice["stage"],
-            account=escalation.account.model_dump(), debtor=escalation.debtor.model_dump(),
-            event=event.model_dump(), context=dict(escalation.context), sender=ladder.sender,
-            today=today)
-        try:
-            rendered = self.renderer.render(data)
-        except Exception as exc:  # noqa: BLE001 - any template error makes the notice unsendable
-            log.error("render_failed", notice_id=notice["notice_id"], error=str(exc))
-            raise NotSendable(f"template_error:{type(exc).__name__}") from None
-        notice["locale"] = rendered.locale
-        if notice["channel"] == "sms":
-            step = self.policy.stages.get(notice["stage"])
-            budget = self.policy.sms_segment_budget
-            if step and notice["step_index"] < len(step.steps):
-                budget = self.policy.budget_for(step.steps[notice["step_index"]])
-            if sms_segments(rendered.parts["text"]).segments > budget:
-                raise NotSendable("sms_over_segment_budget")
-        address = escalation.debtor.address
-        return RenderedNotice(
-            notice_id=notice["notice_id"], event_id=notice["event_id"],
-            channel=notice["channel"], template=notice["template"], locale=rendered.locale,
-            destination=destination, parts=rendered.parts, recipient_name=escalation.debtor.name,
-            address=Address(tuple(address.lines), address.city, address.region,
-                            address.postal_code, address.country) if address else None,
-            sender=ladder.sender, attempt=int(notice["attempts"]), claimed_at=notice["claimed_at"])
+            receipt = await reconcile(self.ledger, self.adapters[notice["channel"]], notice,
+                                      rendered, self.now(), self.settings.clock_offset_s)
+        except DeliveryError as exc:  # the provider cannot be asked: never send blind
+            await self.ledger.retry_later(
+                notice, self.now() + timedelta(seconds=self.backoff_s(1)), self.now(),
+                reason=f"{UNKNOWN}:{exc.reason}", owner=self.owner, rule="reconcile",
+                count_attempt=False)
+            return True
+        if receipt is None:
+            return False
+        await self._terminal(notice, "sent", reason="reconciled", rule="reconcile",
+                             provider=receipt.provider, provider_id=receipt.provider_id)
+        log.info("notice_reconciled", notice_id=notice["notice_id"], channel=notice["channel"],
+                 event_id=notice["event_id"])
+        return True
 
-    async def _deliver(self, prepared: Prepared) -> None:
-        notice = prepared.notice
-        adapter = self.adapters[notice["channel"]]
+    async def _may_go(self, notice: dict[str, Any]) -> bool:
+        """The channel's circuit breaker: while its provider keeps failing, wait, untried."""
+        allowed, wait_s = self.breakers[notice["channel"]].allow()
+        if not allowed:
+            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=wait_s),
+                                          self.now(), reason="circuit_open", owner=self.owner,
+                                          rule="circuit_breaker", count_attempt=False)
+        return allowed
+
+    async def _pace(self, notice: dict[str, Any]) -> bool:
+        """Wait for the channel's next slot if it is near; else give the notice back."""
+        ok, delay_s = await self.limiter.reserve(notice["channel"], 2 * PACING_HORIZON_S)
+        if not ok:
+            metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "put_back").inc()
+            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=delay_s),
+                                          self.now(), reason="rate_limited", owner=self.owner,
+                                          rule="rate_limit", count_attempt=False)
+            return False
+        if delay_s > 0:
+            metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "waited").inc()
+            await asyncio.sleep(delay_s)
+        # the window is full (after a stall somewhere): wait the time it names, not a spin
+        while (wait_s := await self.limiter.admit(notice["channel"])) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait_s)
+        return True
+
+    async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
+        channel = notice["channel"]
+        started = time.perf_counter()
+        log.debug("send_started", t=round(time.time(), 4), channel=channel)  # pacing is audited on it
+        breaker = self.breakers[channel]
         try:
-            receipt = await adapter.send(prepared.rendered)
+            receipt = await self.adapters[channel].send(rendered)
         except DeliveryError as exc:
+            metrics.PROVIDER_ERRORS.labels(channel, type(exc).__name__).inc()
+            if isinstance(exc, PermanentDeliveryError):
+                breaker.record_success()  # the provider answered: it is up
+            else:
+                breaker.record_failure()
             await self._record_error(notice, exc)
             return
+        finally:
+            metrics.SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        breaker.record_success()
         await self._terminal(notice, "sent", provider=receipt.provider,
                              provider_id=receipt.provider_id)
         log.info("notice_sent", notice_id=notice["notice_id"], event_id=notice["event_id"],
-                 channel=notice["channel"], provider=receipt.provider)
+                 channel=channel, provider=receipt.provider)
 
     async def _record_error(self, notice: dict[str, Any], exc: DeliveryError) -> None:
         fields = {"notice_id": notice["notice_id"], "event_id": notice["event_id"],
@@ -232,25 +306,37 @@ class Dispatcher:
             await self._terminal(notice, "failed", reason=exc.reason, rule="provider")
             return
         attempts = int(notice["attempts"])
-        if attempts >= self.settings.max_attempts:
+        outage = self.breakers[notice["channel"]].state == "open"
+        if attempts >= self.settings.max_attempts and not outage:
             log.warning("notice_failed_after_retries", attempts=attempts, **fields)
             await self._terminal(notice, "failed", reason=f"attempts_exhausted:{exc.reason}",
                                  rule="provider")
             return
         delay_s = self.backoff_s(attempts)
+        reason = f"{UNKNOWN}:{exc.reason}" if isinstance(exc, UnknownOutcomeError) else exc.reason
         if isinstance(exc, TransientDeliveryError) and exc.retry_after_s:
             delay_s = max(delay_s, exc.retry_after_s)
-        log.info("notice_retry", attempts=attempts, delay_s=round(delay_s, 2), **fields)
+            await self.limiter.slow_down(notice["channel"], exc.retry_after_s)
+        log.info("notice_retry", attempts=attempts, delay_s=round(delay_s, 2), outage=outage,
+                 **fields)
+        # a failure the breaker puts down to a provider outage does not use up a retry
         await self.ledger.retry_later(notice, self.now() + timedelta(seconds=delay_s), self.now(),
-                                      reason=exc.reason, owner=self.owner, rule="provider")
+                                      reason=reason, owner=self.owner, rule="provider",
+                                      count_attempt=not outage)
 
     def backoff_s(self, attempts: int) -> float:
-        """Exponential backoff with full jitter between half and one and a half of the step."""
+        """Exponential backoff with jitter between half and one and a half of the step."""
         step = min(self.settings.retry_base_s * 2 ** max(attempts - 1, 0),
                    self.settings.retry_max_s)
         return float(step * random.uniform(0.5, 1.5))
 
     async def _terminal(self, notice: dict[str, Any], status: Any, **extra: Any) -> None:
-        done = await self.ledger.finish(notice, status, self.now(), owner=self.owner, **extra)
+        done = await self.recorder.finish(notice, status, self.now(), **extra)
         if not done:
             log.warning("lease_lost", notice_id=notice["notice_id"], status=status)
+            return
+        metrics.NOTICES.labels(notice["channel"], status, extra.get("reason") or "").inc()
+
+
+def _status(verdict: str) -> str:
+    return {"defer": "deferred", "suppress": "suppressed"}.get(verdict, verdict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from service import metrics
 from service.ledger import SqlLedger
 from service.logs import get_logger
 from service.outcomes import OutcomeSink, routing_key
@@ -28,16 +29,17 @@ class OutcomeRelay:
 
     async def run(self) -> None:
         while True:
+            self.wake.clear()  # a decision recorded during the flush wakes the next wait
             try:
                 sent = await self.flush_once()
             except Exception as exc:  # noqa: BLE001 - broker or ledger away: rows wait, retry
+                metrics.LEDGER_ERRORS.labels("relay").inc()
                 log.error("outcome_publish_failed", error=str(exc).splitlines()[0])
                 await asyncio.sleep(self.poll_s)
                 continue
             if sent < self.batch:
                 if self._stopping:
                     return
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=self.poll_s)
                 except TimeoutError:

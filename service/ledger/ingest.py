@@ -59,31 +59,95 @@ class Ingest:
     async def apply(self, batch: list[Accepted], now: datetime) -> IngestReport:
         report = IngestReport()
         async with self.ledger.engine.begin() as conn:
-            for item in batch:
-                if not await self._record_event(conn, item, now):
-                    report.duplicates += 1
+            new = await self._record_events(conn, batch, now)
+            report.duplicates = len(batch) - len(new)
+            report.new_events = len(new)
+            # consecutive escalations are written together; any other event in its turn
+            run: list[Accepted] = []
+            for item in new:
+                if isinstance(item.event, Escalated):
+                    run.append(item)
                     continue
-                report.new_events += 1
+                report.notices += await self._escalations(conn, run, now)
+                run = []
                 await self._apply_one(conn, item, now, report)
+            report.notices += await self._escalations(conn, run, now)
         return report
 
-    async def _record_event(self, conn: AsyncConnection, item: Accepted, now: datetime) -> bool:
-        account_id, debtor_id = _ids(item.event)
-        result = await conn.execute(self.ledger.insert_ignore(events).values(
-            event_id=item.event.event_id, type=item.event.type, account_id=account_id,
-            debtor_id=debtor_id, occurred_at=item.event.occurred_at, received_at=now,
-            body=item.body))
-        return bool(result.rowcount)
+    async def _record_events(self, conn: AsyncConnection, batch: list[Accepted],
+                             now: datetime) -> list[Accepted]:
+        """Insert the batch's events in one statement; the items that were new, in order."""
+        rows = []
+        for item in batch:
+            account_id, debtor_id = _ids(item.event)
+            rows.append({"event_id": item.event.event_id, "type": item.event.type,
+                         "account_id": account_id, "debtor_id": debtor_id,
+                         "occurred_at": item.event.occurred_at, "received_at": now,
+                         "body": item.body})
+        if not rows:
+            return []
+        inserted = {row.event_id for row in await conn.execute(
+            self.ledger.insert_ignore(events).returning(events.c.event_id), rows)}
+        new = []
+        for item in batch:  # an event twice in one batch: the first one is the new one
+            if item.event.event_id in inserted:
+                inserted.discard(item.event.event_id)
+                new.append(item)
+        return new
+
+    async def _escalations(self, conn: AsyncConnection, run: list[Accepted],
+                           now: datetime) -> int:
+        """A run of escalations: their accounts, then all their notices in one statement."""
+        if not run:
+            return 0
+        await self._remember_accounts(conn, [item.event for item in run
+                                             if isinstance(item.event, Escalated)])
+        rows = []
+        for item in run:
+            assert isinstance(item.event, Escalated)
+            debtor = item.event.debtor
+            rows.extend(self._notice_rows(item, item.event.account.account_id,
+                                          debtor.debtor_id, debtor.locale, now))
+        return await self._insert_notices(conn, rows)
+
+    async def _insert_notices(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+        """Insert notice rows (batched by the driver); how many were new."""
+        if not rows:
+            return 0
+        inserted = await conn.execute(
+            self.ledger.insert_ignore(notices).returning(notices.c.notice_id), rows)
+        return len(inserted.all())
+
+    async def _remember_accounts(self, conn: AsyncConnection,
+                                 escalations: list[Escalated]) -> None:
+        """Each account's latest escalation, as one by one in arrival order would leave it."""
+        ids = list({e.account.account_id for e in escalations})
+        known = {r.account_id: r.escalated_at for r in await conn.execute(
+            select(accounts.c.account_id, accounts.c.escalated_at).where(
+                accounts.c.account_id.in_(ids)))}
+        latest: dict[str, Escalated] = {}
+        for event in escalations:
+            account_id = event.account.account_id
+            seen = latest[account_id].occurred_at if account_id in latest else known.get(
+                account_id)
+            if seen is None or seen <= event.occurred_at:
+                latest[account_id] = event
+        fresh = [{"account_id": a, "event_id": e.event_id, "escalated_at": e.occurred_at}
+                 for a, e in latest.items() if a not in known]
+        if fresh:
+            await conn.execute(self.ledger.insert_ignore(accounts), fresh)
+        for account_id, event in latest.items():
+            if account_id in known:
+                await conn.execute(update(accounts).where(accounts.c.account_id == account_id)
+                                   .values(event_id=event.event_id,
+                                           escalated_at=event.occurred_at))
 
     async def _apply_one(self, conn: AsyncConnection, item: Accepted, now: datetime,
                          report: IngestReport) -> None:
         event = item.event
-        if isinstance(event, Escalated):
-            await self._remember_account(conn, event)
-            report.notices += await self._add_notices(conn, item, event.account.account_id,
-                                                      event.debtor.debtor_id,
-                                                      event.debtor.locale, now)
-        elif isinstance(event, PaymentReceived):
+        if isinstance(event, Escalated):  # escalations go in runs: see apply()
+            raise AssertionError("escalations are applied by _escalations")
+        if isinstance(event, PaymentReceived):
             report.cancelled += await self._cancel_waiting(
                 conn, event.account.account_id, "payment_received", now,
                 before=event.occurred_at, collection_only=True)
@@ -102,30 +166,20 @@ class Ingest:
                 destination=normalise_destination(event.channel, event.destination),
                 debtor_id=event.debtor.debtor_id, event_id=event.event_id, at=event.occurred_at))
 
-    async def _remember_account(self, conn: AsyncConnection, event: Escalated) -> None:
-        account_id = event.account.account_id
-        current = (await conn.execute(select(accounts.c.escalated_at).where(
-            accounts.c.account_id == account_id))).scalar()
-        values = {"event_id": event.event_id, "escalated_at": event.occurred_at}
-        if current is None:
-            await conn.execute(self.ledger.insert_ignore(accounts).values(
-                account_id=account_id, **values))
-        elif current <= event.occurred_at:
-            await conn.execute(update(accounts).where(accounts.c.account_id == account_id)
-                               .values(**values))
-
     async def _add_notices(self, conn: AsyncConnection, item: Accepted, account_id: str,
                            debtor_id: str, locale: str, now: datetime) -> int:
-        added = 0
-        for step in item.steps:
-            result = await conn.execute(self.ledger.insert_ignore(notices).values(
-                notice_id=step.notice_id, event_id=item.event.event_id,
-                step_index=step.step_index, stage=step.stage, channel=step.channel,
-                template=step.template, locale=locale, account_id=account_id,
-                debtor_id=debtor_id, escalation_at=item.event.occurred_at, state=WAITING,
-                due_at=now, attempts=0, created_at=now, updated_at=now))
-            added += result.rowcount
-        return added
+        return await self._insert_notices(
+            conn, self._notice_rows(item, account_id, debtor_id, locale, now))
+
+    @staticmethod
+    def _notice_rows(item: Accepted, account_id: str, debtor_id: str, locale: str,
+                     now: datetime) -> list[dict[str, Any]]:
+        return [{"notice_id": step.notice_id, "event_id": item.event.event_id,
+                 "step_index": step.step_index, "stage": step.stage, "channel": step.channel,
+                 "template": step.template, "locale": locale, "account_id": account_id,
+                 "debtor_id": debtor_id, "escalation_at": item.event.occurred_at,
+                 "state": WAITING, "due_at": now, "attempts": 0, "created_at": now,
+                 "updated_at": now, "conversation": False} for step in item.steps]
 
     async def _payment_notices(self, conn: AsyncConnection, item: Accepted,
                                event: PaymentReceived, now: datetime,

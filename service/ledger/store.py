@@ -12,16 +12,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
+from service.ledger.migrations import migrate
 from service.ledger.schema import (
     CLAIMED,
-    SCHEMA_VERSION,
     WAITING,
     accounts,
     decisions,
     events,
     holds,
-    meta,
-    metadata,
     notices,
     opt_outs,
 )
@@ -42,14 +40,16 @@ def async_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, schema: str | None = None) -> AsyncEngine:
     url = async_url(url)
     if url.startswith("sqlite"):
         # one connection: SQLite has one writer, and serialising here avoids "database is locked"
         engine = create_async_engine(url, pool_size=1, max_overflow=0,
                                      connect_args={"timeout": 30})
         return engine
-    return create_async_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+    args = {"server_settings": {"search_path": schema}} if schema else {}
+    return create_async_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True,
+                               connect_args=args)
 
 
 def row_dict(row: Any) -> dict[str, Any]:
@@ -64,23 +64,19 @@ class SqlLedger:
         self.dialect = engine.dialect.name
 
     @classmethod
-    def from_url(cls, url: str) -> SqlLedger:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, schema: str | None = None) -> SqlLedger:
+        return cls(make_engine(url, schema))
 
     async def create(self) -> None:
         """Create or check the schema (idempotent)."""
-        async with self.engine.begin() as conn:
-            if self.dialect == "sqlite":
+        if self.dialect == "sqlite":
+            async with self.engine.connect() as conn:
                 await conn.execute(text("PRAGMA journal_mode=WAL"))
-            await conn.run_sync(metadata.create_all)
-            found = (await conn.execute(select(meta.c.value).where(
-                meta.c.key == "schema_version"))).scalar()
-            if found is None:
-                await conn.execute(meta.insert().values(key="schema_version",
-                                                        value=str(SCHEMA_VERSION)))
-            elif int(found) > SCHEMA_VERSION:
-                raise LedgerUnavailable(f"the ledger's schema is version {found}; this worker "
-                                        f"knows {SCHEMA_VERSION}: upgrade the worker")
+        async with self.engine.begin() as conn:
+            try:
+                await migrate(conn)
+            except RuntimeError as exc:
+                raise LedgerUnavailable(str(exc)) from None
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -124,9 +120,12 @@ class SqlLedger:
         where.append(notices.c.lease_owner == owner if owner else notices.c.state == WAITING)
         if owner:
             where.append(notices.c.state == CLAIMED)
+        # a sent notice counts as a contact from when it was let go; anything else does not
+        contact_at = func.coalesce(notices.c.contact_at, at) if status == "sent" else None
         result = await conn.execute(update(notices).where(and_(*where)).values(
             state=status, reason=reason, provider=provider, provider_id=provider_id,
-            locale=notice["locale"], lease_owner=None, lease_until=None, updated_at=at))
+            locale=notice["locale"], lease_owner=None, lease_until=None, updated_at=at,
+            contact_at=contact_at))
         if result.rowcount == 0:
             return False
         outcome = outcome_for(notice, status, at, reason=reason, provider=provider,
@@ -149,14 +148,18 @@ class SqlLedger:
 
     async def retry_later(self, notice: dict[str, Any], due_at: datetime, at: datetime, *,
                           reason: str, owner: str, publish: bool = False,
-                          rule: str | None = None) -> bool:
-        """Give a claimed notice back to the waiting list, due later (retry, deferral)."""
+                          rule: str | None = None, count_attempt: bool = True) -> bool:
+        """Give a claimed notice back to the waiting list, due later (retry, deferral).
+
+        ``count_attempt=False`` when nothing was tried (no rate-limit slot near).
+        """
+        attempts = notices.c.attempts if count_attempt else notices.c.attempts - 1
         async with self.engine.begin() as conn:
             result = await conn.execute(update(notices).where(and_(
                 notices.c.notice_id == notice["notice_id"], notices.c.lease_owner == owner,
                 notices.c.state == CLAIMED)).values(
                 state=WAITING, due_at=due_at, reason=reason, lease_owner=None,
-                lease_until=None, updated_at=at))
+                lease_until=None, updated_at=at, contact_at=None, attempts=attempts))
             if result.rowcount == 0:
                 return False
             outcome = (outcome_for(notice, "deferred", at, reason=reason, not_before=due_at)
@@ -167,36 +170,67 @@ class SqlLedger:
 
     # ---- claiming --------------------------------------------------------------------------
 
-    async def claim(self, owner: str, now: datetime, limit: int,
-                    lease_s: float) -> list[dict[str, Any]]:
+    async def claim(self, owner: str, now: datetime, limit: int, lease_s: float,
+                    channels: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Lease up to ``limit`` due notices (and ones whose lease expired) to ``owner``."""
-        due = or_(and_(notices.c.state == WAITING, notices.c.due_at <= now),
-                  and_(notices.c.state == CLAIMED, notices.c.lease_until < now))
-        query = select(notices.c.notice_id).where(due).order_by(notices.c.due_at).limit(limit)
+        waiting = and_(notices.c.state == WAITING, notices.c.due_at <= now)
+        expired = and_(notices.c.state == CLAIMED, notices.c.lease_until < now)
+        if channels is not None:
+            waiting = and_(waiting, notices.c.channel.in_(list(channels)))
+            expired = and_(expired, notices.c.channel.in_(list(channels)))
+        async with self.engine.begin() as conn:
+            # two index walks that stop at ``limit`` (one OR would sort every due notice)
+            found = [*await self._due(conn, expired, notices.c.lease_until, limit),
+                     *await self._due(conn, waiting, notices.c.due_at, limit)][:limit]
+            if not found:
+                return []
+            # a lease that expired while claimed: its send may have happened (reconcile first)
+            lapsed = {row.notice_id for row in found if row.state == CLAIMED}
+            rows = await conn.execute(update(notices).where(and_(
+                notices.c.notice_id.in_([row.notice_id for row in found]),
+                or_(waiting, expired))).values(
+                state=CLAIMED, lease_owner=owner, lease_until=now + timedelta(seconds=lease_s),
+                claimed_at=now, attempts=notices.c.attempts + 1, updated_at=now)
+                .returning(*notices.c))
+            claimed = [row_dict(r) for r in rows]
+        for notice in claimed:
+            notice["lease_expired"] = notice["notice_id"] in lapsed
+        claimed.sort(key=lambda n: (not n["lease_expired"], n["due_at"]))
+        return claimed
+
+    async def _due(self, conn: AsyncConnection, where: Any, order: Any,
+                   limit: int) -> list[Any]:
+        query = select(notices.c.notice_id, notices.c.state).where(where).order_by(
+            order).limit(limit)
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        async with self.engine.begin() as conn:
-            ids = list((await conn.execute(query)).scalars())
-            if not ids:
-                return []
-            await conn.execute(update(notices).where(and_(notices.c.notice_id.in_(ids), due))
-                               .values(state=CLAIMED, lease_owner=owner,
-                                       lease_until=now + timedelta(seconds=lease_s),
-                                       claimed_at=now, attempts=notices.c.attempts + 1,
-                                       updated_at=now))
-            rows = await conn.execute(select(notices).where(and_(
-                notices.c.notice_id.in_(ids), notices.c.lease_owner == owner,
-                notices.c.state == CLAIMED)))
-            return [row_dict(r) for r in rows]
+        return list((await conn.execute(query)).all())
 
     async def release(self, owner: str, now: datetime) -> int:
-        """Give back every notice ``owner`` still holds (at shutdown): due again at once."""
+        """Give back what ``owner`` holds and has not begun to send (at shutdown).
+
+        A notice already let go to its provider keeps its lease: if its send did not finish,
+        the lease expires and the next claim reconciles it before any re-send.
+        """
         async with self.engine.begin() as conn:
             result = await conn.execute(update(notices).where(and_(
-                notices.c.lease_owner == owner, notices.c.state == CLAIMED)).values(
+                notices.c.lease_owner == owner, notices.c.state == CLAIMED,
+                notices.c.contact_at.is_(None))).values(
                 state=WAITING, lease_owner=None, lease_until=None, due_at=now,
                 attempts=notices.c.attempts - 1, updated_at=now))
             return int(result.rowcount)
+
+    async def note(self, notice: dict[str, Any], status: str, at: datetime, *, reason: str,
+                   rule: str) -> None:
+        """A decision that changes nothing about the notice (a reconciliation, a hold-back)."""
+        async with self.engine.begin() as conn:
+            await self.add_decision(conn, notice, status, at, reason=reason, rule=rule)
+
+    async def provider_id_known(self, provider_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(notices.c.notice_id).where(
+                notices.c.provider_id == provider_id))).first()
+            return row is not None
 
     # ---- reads -----------------------------------------------------------------------------
 
