@@ -17,14 +17,24 @@ from service.clock import make_clock
 from service.config import Settings
 from service.dispatcher import Dispatcher
 from service.http import make_app, serve
-from service.intake import BrokerOutcomeSink, Intake, connect, declare, redact_url
+from service.intake import (
+    BrokerOutcomeSink,
+    Intake,
+    connect,
+    declare,
+    redact_url,
+    watch_connection,
+)
 from service.ledger import Ingest, SqlLedger
+from service.ledger.stats import waiting_by_bucket
 from service.logs import get_logger
 from service.policy import PolicyError, load_policy
 from service.relay import OutcomeRelay
 from service.rendering import Renderer
+from service.webhooks import TwilioWebhooks
 
 log = get_logger("dunning.worker")
+STATS_REFRESH_S = 5.0  # how often the waiting-notices gauge is recounted
 
 
 class StartupError(Exception):
@@ -32,7 +42,7 @@ class StartupError(Exception):
 
 
 async def open_ledger(settings: Settings) -> SqlLedger:
-    ledger = SqlLedger.from_url(settings.database_url)
+    ledger = SqlLedger.from_url(settings.database_url, settings.database_schema)
     try:
         async with asyncio.timeout(settings.startup_timeout_s):
             await ledger.create()
@@ -78,7 +88,8 @@ class Worker:
             self.ledger = ledger = await open_ledger(self.settings)
             stack.push_async_callback(ledger.aclose)
             try:
-                connection = await connect(self.settings)
+                connection = await connect(self.settings, "dunning-worker")
+                watch_connection(connection)
             except ConnectionError as exc:
                 raise StartupError(str(exc)) from None
             stack.push_async_callback(connection.close)
@@ -89,16 +100,37 @@ class Worker:
             adapters = bootstrap.build_adapters(self.settings)
             for adapter in adapters.values():
                 stack.push_async_callback(adapter.aclose)
-            runner = await serve(make_app(self.ready), self.settings.http_host,
-                                 self.settings.http_port)
+                warm_up = getattr(adapter, "warm_up", None)  # optional: connect, import early
+                if warm_up is not None:
+                    await warm_up()  # stops the letter render processes
+            for code, problem in await bootstrap.startup_problems(
+                    adapters, self.settings.startup_timeout_s):
+                log.warning(code, problem=problem)
+            limiter = bootstrap.build_limiter(self.settings, adapters)
+            stack.push_async_callback(limiter.aclose)
+            webhooks = TwilioWebhooks(ledger, self.settings.twilio_auth_token,
+                                      self.settings.public_base_url, self.now)
+            runner = await serve(make_app(self.ready, webhooks.routes()),
+                                 self.settings.http_host, self.settings.http_port)
             stack.push_async_callback(runner.cleanup)
 
             relay = OutcomeRelay(ledger, BrokerOutcomeSink(outcomes))
             dispatcher = Dispatcher(self.settings, ledger, policy, renderer, adapters, self.now,
-                                    relay.wake.set)
+                                    relay.wake.set, limiter)
             self.intake = Intake(self.settings, topology, policy, Ingest(ledger), self.now,
                                  dispatcher.wake.set)
             await self._serve(dispatcher, relay, adapters)
+
+    async def _refresh_stats(self) -> None:
+        """Keep the waiting-notices gauge fresh for /metrics (a cheap grouped count)."""
+        while True:
+            try:
+                assert self.ledger is not None
+                for due, count in (await waiting_by_bucket(self.ledger, self.now())).items():
+                    metrics.WAITING.labels(due).set(count)
+            except Exception as exc:  # noqa: BLE001 - a missed refresh is retried next time
+                log.warning("stats_refresh_failed", error=type(exc).__name__)
+            await asyncio.sleep(STATS_REFRESH_S)
 
     async def _serve(self, dispatcher: Dispatcher, relay: OutcomeRelay,
                      adapters: dict[str, Any]) -> None:
@@ -107,7 +139,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         tasks = {name: asyncio.create_task(coro, name=name) for name, coro in (
-            ("intake", self.intake.run()), ("dispatch", dispatcher.run()), ("relay", relay.run()))}
+            ("intake", self.intake.run()), ("dispatch", dispatcher.run()), ("relay", relay.run()),
+            ("stats", self._refresh_stats()))}
         await self.intake.start()
         metrics.CONSUMER_ATTACHED.set(1)
         log.info("worker_started", queue=self.settings.queue, owner=dispatcher.owner,

@@ -127,10 +127,24 @@ def cmd_render(args: argparse.Namespace) -> int:
         output = preview(settings, Path(args.event), args.template, args.channel, args.locale)
     except PreviewError as exc:
         return _fail(str(exc), 1)
+    if args.output and args.channel == "letter":
+        return _write_letter(settings, output, Path(args.output))
     if args.output:
         Path(args.output).write_text(output, encoding="utf-8")
     else:
         sys.stdout.write(output + "\n")
+    return 0
+
+
+def _write_letter(settings: Settings, html: str, output: Path) -> int:
+    from service.preview import letter_pdf
+
+    pdf = letter_pdf(settings, html)
+    output.write_bytes(pdf.data)
+    print(f"{output}: {pdf.pages} page(s), {pdf.paper}", file=sys.stderr)
+    if pdf.missing_glyphs:
+        return _fail(f"no installed font has {' '.join(pdf.missing_glyphs)}; the worker would "
+                     "refuse this letter", 1)
     return 0
 
 
@@ -175,6 +189,33 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from service.explain import explain
+
+    if not asyncio.run(explain(Settings(), args.notice_id, sys.stdout)):
+        return _fail(f"no notice {args.notice_id} in the ledger (DUNNING_DATABASE_URL)", 1)
+    return 0
+
+
+def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from service.explain import show_account
+
+    if not asyncio.run(show_account(Settings(), args.account, sys.stdout)):
+        return _fail(f"no notices for account {args.account} in the ledger", 1)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench import missing_extra
+
+    problem = missing_extra()
+    if problem:
+        return _fail(problem)
+    from service.bench.runner import run_bench
+
+    return run_bench(quick=args.quick, json_only=args.json_only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dunning", description="Collections notices: "
                                      "escalation events in, letters, calls, SMS and email out.")
@@ -189,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--template", required=True)
     render.add_argument("--channel", required=True, choices=["email", "sms", "voice", "letter"])
     render.add_argument("--locale")
-    render.add_argument("-o", "--output")
+    render.add_argument("-o", "--output", help="write to this file (a letter: as PDF)")
     render.set_defaults(func=cmd_render)
     templates = sub.add_parser("templates", help="template tools")
     tsub = templates.add_subparsers(dest="templates_command", required=True)
@@ -205,11 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dsub.add_parser("replay")
     replay.add_argument("--id", help="only the dead letter of this event id")
     replay.set_defaults(func=cmd_dead)
+    explain = sub.add_parser("explain", help="why a notice was or was not sent")
+    explain.add_argument("notice_id")
+    explain.set_defaults(func=cmd_explain)
+    ledger = sub.add_parser("ledger", help="read the ledger")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    show = lsub.add_parser("show", help="every notice of an account with its decisions")
+    show.add_argument("--account", required=True)
+    show.set_defaults(func=cmd_ledger_show)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="measure throughput, latency and memory on loopback")
+    bench.add_argument("--quick", action="store_true", help="a small smoke run (CI)")
+    bench.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    bench.set_defaults(func=cmd_bench)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_worker:  # the worker configures its own logs from its settings
+        from service.logs import configure
+
+        configure("WARNING", "console")  # stderr: stdout is the commands' output
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -13,11 +13,19 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|min|m|h|hour)\s*$")
 _PERIOD_S = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
 
 
-def parse_rate(text: str) -> tuple[float, float]:
-    """``"10/s"`` -> ``(10, 1.0)``: at most N sends begin in any window of that many seconds."""
+RATE_OFF = ("off", "none", "unlimited")
+
+
+def parse_rate(text: str) -> tuple[float, float] | None:
+    """``"10/s"`` -> ``(10, 1.0)``: at most N sends begin in any window of that many seconds.
+
+    ``"off"`` -> None: no pacing at all (benchmarks, a provider with no limit).
+    """
+    if text.strip().lower() in RATE_OFF:
+        return None
     match = _RATE.match(text)
-    if not match:
-        raise ValueError(f"rate {text!r} is not of the form N/s, N/min or N/h")
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"rate {text!r} is not of the form N/s, N/min or N/h (or off)")
     return float(match.group(1)), _PERIOD_S[match.group(2)]
 
 
@@ -32,6 +40,7 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=256, ge=1, le=65535)
 
     database_url: str = "sqlite:///dunning.db"
+    database_schema: str | None = None  # PostgreSQL schema for the ledger's tables
     redis_url: str | None = None
 
     templates_dir: Path = Path("./templates")
@@ -51,8 +60,15 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
     twilio_concurrency: int = Field(default=16, ge=1, le=256)
+    twilio_voice_zh: str = "Polly.Zhiyu"  # text-to-speech voice of calls in Mandarin (cmn-CN)
+    twilio_voice_en: str = "Polly.Joanna"  # and in English (en-US)
 
     letter_spool_dir: Path | None = None
+    letter_processes: int = Field(default=2, ge=1, le=64)  # processes rendering PDFs
+    letter_render_timeout_s: float = Field(default=120.0, gt=0)
+    printmail_url: str | None = None  # a print-and-mail API (Lob's shape)
+    printmail_api_key: str | None = None
+    printmail_from: str | None = None  # the provider's id of our return address
 
     http_port: int = 8080
     http_host: str = "0.0.0.0"  # noqa: S104 - a container's probes reach it from outside
@@ -62,6 +78,8 @@ class Settings(BaseSettings):
     provider_timeout_s: float = Field(default=15.0, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    circuit_failures: int = Field(default=5, ge=1)  # transient failures in a row that open it
+    circuit_open_s: float = Field(default=10.0, gt=0)  # before the first probe
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=900.0, gt=0)
     dispatch_batch: int = Field(default=64, ge=1, le=10_000)
@@ -97,6 +115,7 @@ class Settings(BaseSettings):
     def twilio_configured(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from)
 
-    def rate_for(self, channel: str) -> tuple[float, float] | None:
-        text: str | None = getattr(self, f"rate_{channel}", None)
+    def rate_for(self, channel: str, default: str | None = None) -> tuple[float, float] | None:
+        """The channel's pacing: its DUNNING_RATE_<CHANNEL>, else the adapter's default."""
+        text: str | None = getattr(self, f"rate_{channel}", None) or default
         return parse_rate(text) if text else None

@@ -80,5 +80,16 @@ class TwilioSmsAdapter:
         async with self._slots:
             return await self._api.find_messages(to, from_, since)
 
+    async def find_sent(self, notice: RenderedNotice, since: datetime) -> list[Receipt]:
+        """Messages this sender already sent to the notice's number with its body (for
+        reconciling an unknown outcome)."""
+        body = notice.parts.get("text", "")
+        found = await self.find_messages(notice.destination, self._from, since)
+        return [Receipt(self.name, str(m["sid"])) for m in found if m.get("body") == body]
+
+    async def warm_up(self) -> None:
+        """Called once at start-up, inside the running loop."""
+        await self._api.warm_up()
+
     async def aclose(self) -> None:
         await self._api.aclose()

@@ -161,6 +161,12 @@ class TwilioApi:
             self._client = client
         return self._client
 
+    async def warm_up(self) -> None:
+        """Create the client and import the SDK's lazily loaded resources now, at start-up,
+        not during the first send (their import blocks the event loop for tens of ms)."""
+        client = self.client()
+        _ = (client.api.v2010.account.messages, client.api.v2010.account.calls)
+
     async def call(self, request: Callable[[Client], Awaitable[T]], *, creates: bool) -> T:
         """Run one SDK call under the timeout and translate every failure.
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -246,7 +249,7 @@ class TwilioDouble:
             twiml=form.get("Twiml"),
             url=form.get("Url"),
             status_callback=form.get("StatusCallback"),
-            received_at=datetime.now(UTC).replace(microsecond=0),
+            received_at=datetime.now(UTC),  # exact: pacing is measured on it
             form=form,
         )
 
@@ -374,3 +377,26 @@ def _on_or_after(at: datetime, when: date | datetime) -> bool:
 
 def _on_or_before(at: datetime, when: date | datetime) -> bool:
     return at.date() <= when if not isinstance(when, datetime) else at <= when
+
+
+@contextmanager
+def threaded_double(**options: Any) -> Iterator[TwilioDouble]:
+    """The double on an event loop of its own, in a thread: what it records is not delayed by
+    the test's own loop (for measuring the pacing of requests as they arrive)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="twilio-double", daemon=True)
+    thread.start()
+
+    async def make() -> TwilioDouble:
+        double = TwilioDouble(**options)
+        await double.start()
+        return double
+
+    double = asyncio.run_coroutine_threadsafe(make(), loop).result(timeout=10)
+    try:
+        yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(double.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

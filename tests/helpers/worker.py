@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,18 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 ROOT = Path(__file__).parent.parent.parent
 SAMPLES = ROOT / "tests" / "samples"
 AMQP_URL = os.environ.get("DUNNING_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def offset_to(moment: datetime) -> float:
+    """DUNNING_CLOCK_OFFSET_S that makes a worker's now ``moment`` (it runs on from there)."""
+    return (moment - datetime.now(UTC)).total_seconds()
+
+
+# Every worker of a test session runs on one shifted clock: 13:30 UTC of the day the session
+# started, when both the CN (08:00-22:00 Shanghai) and US (08:00-21:00 New York) contact
+# windows are open, so no test depends on when it runs. Tests of quiet hours set their own.
+SESSION_NOW = datetime.now(UTC).replace(hour=13, minute=30, second=0, microsecond=0)
+SESSION_OFFSET_S = offset_to(SESSION_NOW)
 
 
 def free_port() -> int:
@@ -59,9 +72,16 @@ class WorkerProcess:
             "DUNNING_LOG_FORMAT": "json",
             "DUNNING_RETRY_BASE_S": "0.2",
             "DUNNING_DISPATCH_POLL_S": "0.1",
+            "DUNNING_CLOCK_OFFSET_S": str(SESSION_OFFSET_S),
         })
         self.env.update(settings)
+        if self.env.get("DUNNING_PUBLIC_URL") == "auto":
+            self.env["DUNNING_PUBLIC_URL"] = self.url
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> WorkerProcess:
         log = self.log_path.open("ab")
@@ -106,6 +126,27 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout_s)
 
+    def cut_broker_connections(self) -> int:
+        """Close this worker's AMQP connections from the broker's side (rabbitmqctl)."""
+        assert self.proc is not None
+
+        def ctl(*args: str) -> str:
+            return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                                  timeout=60, check=True).stdout
+
+        mine = f"pid {self.proc.pid}"
+        names = {c["name"] for c in json.loads(ctl("list_connections", "name",
+                                                   "client_properties", "--formatter", "json"))
+                 if any(p[0] == "connection_name" and str(p[2]).endswith(mine)
+                        for p in c["client_properties"])}
+        closed = 0
+        for line in ctl("list_connections", "pid", "name").splitlines()[1:]:
+            pid, name = line.split("\t", 1)
+            if name in names:
+                ctl("close_connection", pid, "fault test")
+                closed += 1
+        return closed
+
     def kill(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -131,7 +172,9 @@ class Broker:
                                                           durable=True)
         outcomes = await self.channel.declare_exchange(self.names["DUNNING_OUTCOMES_EXCHANGE"],
                                                        topic, durable=True)
-        self.outcome_queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        # a named, durable queue: outcomes published while this connection is cut still wait
+        self.outcome_queue = await self.channel.declare_queue(
+            f"{self.names['DUNNING_OUTCOMES_EXCHANGE']}.test", durable=True)
         await self.outcome_queue.bind(outcomes, "#")
         await self.outcome_queue.consume(self._on_outcome, no_ack=True)
         return self
@@ -141,6 +184,7 @@ class Broker:
         channel = await self.connection.channel()
         for queue in ("DUNNING_QUEUE", "DUNNING_DEAD_QUEUE"):
             await channel.queue_delete(self.names[queue])
+        await channel.queue_delete(f"{self.names['DUNNING_OUTCOMES_EXCHANGE']}.test")
         for exchange in ("DUNNING_EXCHANGE", "DUNNING_OUTCOMES_EXCHANGE"):
             await channel.exchange_delete(self.names[exchange])
         await self.connection.close()
@@ -218,3 +262,10 @@ def by_channel(outcomes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`dunning ARGS…` in a subprocess, without blocking the test's event loop."""
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "service", *args], capture_output=True, text=True,
+        env=env, timeout=60, check=False)
