@@ -277,6 +277,13 @@ class Dispatcher:
 
     async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
         channel = notice["channel"]
+        # the lease is confirmed, and renewed, right before the provider call: a worker that
+        # stalled past it must not send what another worker may have taken over
+        if not await self.ledger.renew_lease(notice["notice_id"], self.owner, self.now(),
+                                             self.settings.lease_s):
+            log.warning("lease_lost_before_send", notice_id=notice["notice_id"],
+                        event_id=notice["event_id"], channel=channel)
+            return
         started = time.perf_counter()
         log.debug("send_started", t=round(time.time(), 4), channel=channel)  # pacing is audited on it
         breaker = self.breakers[channel]

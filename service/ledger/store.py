@@ -174,7 +174,10 @@ class SqlLedger:
                     channels: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Lease up to ``limit`` due notices (and ones whose lease expired) to ``owner``."""
         waiting = and_(notices.c.state == WAITING, notices.c.due_at <= now)
-        expired = and_(notices.c.state == CLAIMED, notices.c.lease_until < now)
+        # a lease that lapsed in another worker (dead, or stalled); never our own: a notice
+        # of ours past its lease is still being handled here, and must not run twice
+        expired = and_(notices.c.state == CLAIMED, notices.c.lease_until < now,
+                       notices.c.lease_owner != owner)
         if channels is not None:
             waiting = and_(waiting, notices.c.channel.in_(list(channels)))
             expired = and_(expired, notices.c.channel.in_(list(channels)))
@@ -219,6 +222,16 @@ class SqlLedger:
                 state=WAITING, lease_owner=None, lease_until=None, due_at=now,
                 attempts=notices.c.attempts - 1, updated_at=now))
             return int(result.rowcount)
+
+    async def renew_lease(self, notice_id: str, owner: str, now: datetime,
+                          lease_s: float) -> bool:
+        """Extend ``owner``'s lease on a claimed notice; False if it is no longer theirs."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(notices).where(and_(
+                notices.c.notice_id == notice_id, notices.c.lease_owner == owner,
+                notices.c.state == CLAIMED, notices.c.lease_until >= now)).values(
+                lease_until=now + timedelta(seconds=lease_s)))
+            return bool(result.rowcount)
 
     async def note(self, notice: dict[str, Any], status: str, at: datetime, *, reason: str,
                    rule: str) -> None:

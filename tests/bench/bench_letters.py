@@ -14,8 +14,8 @@ written). A control run without letters, measured over the same windows, follows
 shows what changes in the second window anyway (a growing ledger). Per window: SMS
 throughput (sent SMS a second, from the outcomes' timestamps) and the worker's event-loop lag:
 ``lagmon/sitecustomize.py``, put on the worker's PYTHONPATH, samples every 10 ms how late the
-loop wakes up from a sleep. Before the runs: the render time per page in one warm render
-process.
+loop wakes up from a sleep, and times the worker's full garbage collections. Before the runs:
+the render time per page in one warm render process.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Run:
     letters_published: float
     letters_done: float  # the last letter written; in a run without letters, the same moment
     lag: list[tuple[float, float]]
+    gc_pauses: list[tuple[float, float]]  # full garbage collections of the worker: (time, s)
 
     def windows(self) -> tuple[Window, Window]:
         """The steady SMS flow before the letters, and while they render and SMS still flow."""
@@ -78,12 +79,14 @@ class Run:
         print(label, flush=True)
         for window in self.windows():
             lag = window.lag_ms(self.lag)
+            pauses = window.lag_ms([(at, s * 1000) for at, s in self.gc_pauses]) or [0.0]
             rates.append(window.sms_per_s(self.sms_sent))
             print(f"  {window.label:>14} ({window.end - window.start:4.1f} s): SMS "
                   f"{rates[-1]:5.1f}/s; loop lag p50 {statistics.median(lag):4.1f} ms, p99 "
                   f"{lag[round(0.99 * (len(lag) - 1))]:5.1f} ms, max {lag[-1]:5.1f} ms, "
-                  f"{sum(1 for ms in lag if ms > 50)} of {len(lag)} samples over 50 ms",
-                  flush=True)
+                  f"{sum(1 for ms in lag if ms > 50)} of {len(lag)} samples over 50 ms; "
+                  f"{len(pauses) if pauses != [0.0] else 0} full GCs, the longest "
+                  f"{pauses[-1]:.0f} ms", flush=True)
         if self.letters_done > self.sms_sent[-1]:
             print("  (the SMS ran out before the letters were done: publish more SMS)")
         return rates[1] / rates[0]
@@ -181,9 +184,11 @@ async def one_run(sms: int, letters: int, processes: int, workdir: Path,
             worker.terminate()
             twilio.communicate("", timeout=60)
     written = sent_at(broker.outcomes, "letter", offset_s)
-    lag = [(at, lag_s * 1000) for at, lag_s in json.loads((workdir / "lag.json").read_text())]
+    measured = json.loads((workdir / "lag.json").read_text())
+    lag = [(at, lag_s * 1000) for at, lag_s in measured["lag"]]
     return Run(sent_at(broker.outcomes, "sms", offset_s), steady_from, letters_published,
-               max(written) if written else letters_published + hold_s, lag)
+               max(written) if written else letters_published + hold_s, lag,
+               [(at, pause_s) for at, pause_s in measured["gc"]])
 
 
 def sent_at(outcomes: list[dict[str, Any]], channel: str, offset_s: float) -> list[float]:

@@ -52,12 +52,17 @@ def assert_once_each(twilio: TwilioDouble, smtp: SmtpTestServer, events: int) ->
 async def test_cut_broker_connections_mid_burst_lose_and_duplicate_nothing(
         start_worker: StartWorker, broker: Broker, twilio: TwilioDouble,
         smtp: SmtpTestServer, tmp_path: Path) -> None:
-    worker = start_worker(**FAST)
+    # paced, so that the burst is still flowing when rabbitmqctl gets to the connections
+    worker = start_worker(**{**FAST, "DUNNING_RATE_SMS": "40/s"})
     await broker.publish(*burst(300, "cut"))
-    await broker.wait_notices(150, timeout_s=60)
+    await broker.wait_notices(100, timeout_s=60)
     assert await asyncio.to_thread(worker.cut_broker_connections) >= 1
     await broker.wait_notices(600, timeout_s=120)
     assert_once_each(twilio, smtp, 300)
+    for _ in range(150):
+        if "broker_reconnected" in worker.logs():
+            break
+        await asyncio.sleep(0.1)
     assert "broker_connection_lost" in worker.logs()
     assert "broker_reconnected" in worker.logs()
     assert worker.http_status("/readyz") == 200

@@ -2,13 +2,16 @@
 
 When ``BENCH_LAG_FILE`` is set, ``asyncio.run`` runs a task beside the program that sleeps
 ``INTERVAL_S`` and records how much later than asked it woke up (the time the loop was busy
-with something else); at exit the samples go to that file as JSON ``[[unix_time, lag_s], …]``.
+with something else), and a ``gc`` callback records how long each full (generation 2) garbage
+collection took, since those stop the loop too. At exit the file gets
+``{"lag": [[unix_time, lag_s], …], "gc": [[unix_time, pause_s], …]}``.
 Nothing of the worker is changed; the render processes import this too and ignore it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -19,6 +22,18 @@ from typing import Any
 INTERVAL_S = 0.01
 _target = os.environ.get("BENCH_LAG_FILE")
 _run = asyncio.run
+_gc_pauses: list[tuple[float, float]] = []
+_gc_started = 0.0
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if info.get("generation") != 2:
+        return
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _gc_pauses.append((time.time(), time.perf_counter() - _gc_started))
 
 
 async def _sample(samples: list[tuple[float, float]]) -> None:
@@ -30,13 +45,16 @@ async def _sample(samples: list[tuple[float, float]]) -> None:
 
 
 def _write(samples: list[tuple[float, float]]) -> None:
-    Path(str(_target)).write_text(json.dumps(samples), encoding="utf-8")
+    document = {"lag": samples, "gc": _gc_pauses}
+    Path(str(_target)).write_text(json.dumps(document), encoding="utf-8")
 
 
 def _measured_run(main: Coroutine[Any, Any, Any], **kwargs: Any) -> Any:
     async def measured() -> Any:
         samples: list[tuple[float, float]] = []
         sampler = asyncio.create_task(_sample(samples))
+        if os.environ.get("BENCH_GC_FREEZE"):  # an experiment: what gc.freeze() after start does
+            asyncio.get_running_loop().call_later(float(os.environ["BENCH_GC_FREEZE"]), gc.freeze)
         try:
             return await main
         finally:
@@ -48,3 +66,4 @@ def _measured_run(main: Coroutine[Any, Any, Any], **kwargs: Any) -> Any:
 
 if _target:
     asyncio.run = _measured_run
+    gc.callbacks.append(_on_gc)
