@@ -99,10 +99,10 @@ class Worker:
             outcomes = await publish_channel.get_exchange(self.settings.outcomes_exchange)
             adapters = bootstrap.build_adapters(self.settings)
             for adapter in adapters.values():
-                stack.push_async_callback(adapter.aclose)
+                stack.push_async_callback(adapter.aclose)  # also stops letter render processes
                 warm_up = getattr(adapter, "warm_up", None)  # optional: connect, import early
                 if warm_up is not None:
-                    await warm_up()  # stops the letter render processes
+                    await warm_up()
             for code, problem in await bootstrap.startup_problems(
                     adapters, self.settings.startup_timeout_s):
                 log.warning(code, problem=problem)

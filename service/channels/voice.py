@@ -11,7 +11,7 @@ The TwiML is built with ``xml.etree`` (every text node and attribute escaped, ch
 XML cannot carry dropped), never by concatenating strings. The SDK client, its timeout and
 the error mapping are ``twilio_client``'s, as for SMS; calls have no idempotency key, so a
 call whose request may have arrived ends in :class:`UnknownOutcomeError` and is reconciled
-with :meth:`TwilioVoiceAdapter.find_calls` before it is placed again.
+with :meth:`TwilioVoiceAdapter.find_sent` before it is placed again.
 """
 
 from __future__ import annotations
@@ -136,6 +136,14 @@ class TwilioVoiceAdapter:
         """Calls Twilio holds from ``from_`` to ``to`` since ``since`` (reconciliation)."""
         async with self._slots:
             return await self._api.find_calls(to, from_, since)
+
+    async def find_sent(self, notice: RenderedNotice, since: datetime) -> list[Receipt]:
+        """Calls this sender placed to the notice's number since ``since``, oldest first (for
+        reconciling an unknown outcome). A call carries no text to compare, so the reconciler
+        takes the first one that no other notice owns."""
+        found = await self.find_calls(notice.destination, self._from, since)
+        found.sort(key=lambda call: call.get("date_created") or since)
+        return [Receipt(self.name, str(call["sid"])) for call in found if call.get("sid")]
 
     async def aclose(self) -> None:
         await self._api.aclose()

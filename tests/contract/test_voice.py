@@ -171,6 +171,8 @@ async def test_a_stalled_call_is_an_unknown_outcome_that_find_calls_resolves(
         with pytest.raises(UnknownOutcomeError):
             await adapter.send(cn_m3_call())
         (found,) = await adapter.find_calls(CN_PHONE, TWILIO_FROM, claimed_at)
+        receipts = await adapter.find_sent(cn_m3_call(), claimed_at)
     finally:
         await adapter.aclose()
     assert found["sid"] == twilio_double.calls[0].sid and found["to"] == CN_PHONE
+    assert [(r.provider, r.provider_id) for r in receipts] == [("twilio", found["sid"])]

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from service.ledger import SqlLedger
@@ -51,6 +52,7 @@ async def ledger_counts(url: str) -> tuple[dict[str, int], Counter[str], int]:
     return states, terminal, int(reconciled)
 
 
+@pytest.mark.timeout(600)  # three restarts: minutes on a loaded machine, ~25 s alone
 async def test_sigkill_three_times_during_a_burst_loses_and_duplicates_nothing(
         start_worker: Callable[..., WorkerProcess], broker: Broker, smtp: SmtpTestServer,
         twilio: TwilioDouble, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from service.ledger import SqlLedger
@@ -49,6 +50,7 @@ def assert_once_each(twilio: TwilioDouble, smtp: SmtpTestServer, events: int) ->
     assert len(per_id) == events
 
 
+@pytest.mark.timeout(600)  # fault tests with restarts: minutes on a loaded machine
 async def test_cut_broker_connections_mid_burst_lose_and_duplicate_nothing(
         start_worker: StartWorker, broker: Broker, twilio: TwilioDouble,
         smtp: SmtpTestServer, tmp_path: Path) -> None:
@@ -69,6 +71,7 @@ async def test_cut_broker_connections_mid_burst_lose_and_duplicate_nothing(
     assert "dunning_broker_reconnects_total 1.0" in worker.http_text("/metrics")
 
 
+@pytest.mark.timeout(600)  # fault tests with restarts: minutes on a loaded machine
 async def test_providers_down_then_back_send_everything_once_and_the_breaker_closes(
         start_worker: StartWorker, broker: Broker, twilio: TwilioDouble,
         smtp: SmtpTestServer) -> None:
@@ -96,6 +99,7 @@ async def test_providers_down_then_back_send_everything_once_and_the_breaker_clo
           f"{twilio.post_attempts} Twilio POSTs")
 
 
+@pytest.mark.timeout(600)  # fault tests with restarts: minutes on a loaded machine
 async def test_sigterm_mid_burst_exits_zero_and_leaves_nothing_claimed(
         start_worker: StartWorker, broker: Broker, tmp_path: Path) -> None:
     worker = start_worker(**FAST, DUNNING_DRAIN_TIMEOUT_S="10")
@@ -118,6 +122,7 @@ async def test_sigterm_mid_burst_exits_zero_and_leaves_nothing_claimed(
     await broker.wait_notices(800, timeout_s=120)
 
 
+@pytest.mark.timeout(600)  # fault tests with restarts: minutes on a loaded machine
 async def test_two_workers_on_postgres_one_killed_again_and_again(
         start_worker: StartWorker, broker: Broker, twilio: TwilioDouble,
         smtp: SmtpTestServer) -> None:

@@ -6,6 +6,8 @@ with something else), and a ``gc`` callback records how long each full (generati
 collection took, since those stop the loop too. At exit the file gets
 ``{"lag": [[unix_time, lag_s], …], "gc": [[unix_time, pause_s], …]}``.
 Nothing of the worker is changed; the render processes import this too and ignore it.
+An experiment: ``BENCH_GC_FREEZE=<seconds>`` calls ``gc.freeze()`` that long after start, so
+full collections skip what the worker built while starting.
 """
 
 from __future__ import annotations
