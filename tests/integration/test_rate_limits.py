@@ -84,4 +84,8 @@ async def test_two_workers_share_the_sms_rate_through_redis(
                                   [m.received_at for m in twilio.messages], starts_logged(workers))
         assert all("notice_sent" in worker.logs() for worker in workers)
         assert [worker.terminate() for worker in workers] == [0, 0]
-    assert started <= RATE and arrived <= RATE
+    # Redis admits each start on its own clock; these timestamps are taken afterwards in two
+    # processes (and at the double in a third), so scheduling on a loaded 2-core machine can
+    # move one across a window's edge. The admission itself is checked exactly, two limiters
+    # on one Redis, in tests/contract/test_ratelimit.py.
+    assert started <= RATE + 1 and arrived <= RATE + 1
