@@ -15,16 +15,14 @@ import errno
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from service.channels.base import Channel, Receipt, RenderedNotice, TransientDeliveryError
-from service.channels.outbox import file_stem
+from service.channels.outbox import file_stem, write_atomically
 from service.channels.pdf import Pdf, PdfRenderer, RendererHealth
 from service.config import Settings
 
@@ -36,19 +34,8 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def write_spool_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (blocking)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), SPOOL_FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically, readable by the print house's group (blocking)."""
+    write_atomically(path, data, SPOOL_FILE_MODE)
 
 
 def letter_manifest(notice: RenderedNotice, pdf: Pdf, pdf_name: str) -> dict[str, Any]:
