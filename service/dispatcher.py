@@ -44,6 +44,8 @@ from service.rules import check_timing, destination_for, evaluate
 
 log = get_logger("dunning.dispatch")
 PACING_HORIZON_S = 1.0  # claim a paced channel's notices about this far ahead of their slots
+LEASE_CONFIRMED = "lease_confirmed"  # monotonic time from which the lease is known to be ours
+LEASE_MARGIN_S = 5.0  # what a send's lease keeps beyond the provider timeout, for clock drift
 
 
 class Dispatcher:
@@ -92,6 +94,7 @@ class Dispatcher:
             self.wake.clear()  # a wake that arrives from here on is seen by _idle below
             full = backlog = False
             for channels, budget, paced in self._budgets():
+                asked = time.monotonic()  # the lease runs from no later than this
                 try:
                     claimed = await self.ledger.claim(self.owner, self.now(), budget,
                                                       self.settings.lease_s, channels)
@@ -103,6 +106,8 @@ class Dispatcher:
                     break
                 full = full or len(claimed) == budget
                 backlog = backlog or (len(claimed) == budget and not paced)
+                for notice in claimed:
+                    notice[LEASE_CONFIRMED] = asked
                 if claimed:  # tracked, so that a drain waits for the batch it is preparing
                     launch = asyncio.create_task(self._launch(claimed))
                     self._track(launch, None)
@@ -277,10 +282,7 @@ class Dispatcher:
 
     async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
         channel = notice["channel"]
-        # the lease is confirmed, and renewed, right before the provider call: a worker that
-        # stalled past it must not send what another worker may have taken over
-        if not await self.ledger.renew_lease(notice["notice_id"], self.owner, self.now(),
-                                             self.settings.lease_s):
+        if not await self._lease_held(notice):
             log.warning("lease_lost_before_send", notice_id=notice["notice_id"],
                         event_id=notice["event_id"], channel=channel)
             return
@@ -304,6 +306,26 @@ class Dispatcher:
                              provider_id=receipt.provider_id)
         log.info("notice_sent", notice_id=notice["notice_id"], event_id=notice["event_id"],
                  channel=channel, provider=receipt.provider)
+
+    async def _lease_held(self, notice: dict[str, Any]) -> bool:
+        """Is the notice still ours, right before the provider call, for as long as the call
+        may take?
+
+        A worker that stalled past its lease must not send what another worker may have
+        taken over, and a lease must not lapse while its send may still be in flight. While
+        the lease taken at the claim (timed on the monotonic clock from before the claim, so
+        a stall counts) outlasts a whole provider timeout, it surely is; otherwise the lease
+        is renewed in the ledger first.
+        """
+        elapsed_s = time.monotonic() - notice.get(LEASE_CONFIRMED, -math.inf)
+        if elapsed_s + self.settings.provider_timeout_s + LEASE_MARGIN_S < self.settings.lease_s:
+            return True
+        asked = time.monotonic()
+        if not await self.ledger.renew_lease(notice["notice_id"], self.owner, self.now(),
+                                             self.settings.lease_s):
+            return False
+        notice[LEASE_CONFIRMED] = asked
+        return True
 
     async def _record_error(self, notice: dict[str, Any], exc: DeliveryError) -> None:
         fields = {"notice_id": notice["notice_id"], "event_id": notice["event_id"],

@@ -225,11 +225,15 @@ class SqlLedger:
 
     async def renew_lease(self, notice_id: str, owner: str, now: datetime,
                           lease_s: float) -> bool:
-        """Extend ``owner``'s lease on a claimed notice; False if it is no longer theirs."""
+        """Extend ``owner``'s lease on a claimed notice; False if it is no longer theirs.
+
+        A lease that lapsed is still renewed while no other worker has claimed the notice:
+        a claim takes only a lapsed lease, and whichever of the two writes comes first wins.
+        """
         async with self.engine.begin() as conn:
             result = await conn.execute(update(notices).where(and_(
                 notices.c.notice_id == notice_id, notices.c.lease_owner == owner,
-                notices.c.state == CLAIMED, notices.c.lease_until >= now)).values(
+                notices.c.state == CLAIMED)).values(
                 lease_until=now + timedelta(seconds=lease_s)))
             return bool(result.rowcount)
 
@@ -247,11 +251,12 @@ class SqlLedger:
 
     # ---- reads -----------------------------------------------------------------------------
 
-    async def event_bodies(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def event_bodies(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """The stored JSON of each event (as the intake wrote it), by id."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(events.c.event_id, events.c.body).where(
                 events.c.event_id.in_(list(event_ids))))
-            return {r.event_id: json.loads(r.body) for r in rows}
+            return {r.event_id: r.body for r in rows}
 
     async def active_holds(self, account_ids: Sequence[str]) -> dict[str, str]:
         async with self.engine.connect() as conn:

@@ -54,6 +54,22 @@ async def test_a_due_notice_is_claimed_by_one_owner_only(ledger: SqlLedger) -> N
     assert all(n["attempts"] == 2 for n in expired)
 
 
+async def test_a_lapsed_lease_is_renewed_until_another_owner_claims_it(
+        ledger: SqlLedger) -> None:
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
+    notice = (await ledger.claim("a", NOW, 1, 60))[0]
+    lapsed = NOW + timedelta(seconds=61)
+    # nobody took it: still a's, and renewing it keeps another owner from claiming it
+    assert await ledger.renew_lease(notice["notice_id"], "a", lapsed, 60)
+    assert notice["notice_id"] not in {n["notice_id"] for n in await ledger.claim(
+        "b", lapsed + timedelta(seconds=1), 10, 60)}
+    # once b has taken it over, a's renewal fails and a must not send
+    taken = await ledger.claim("b", lapsed + timedelta(seconds=61), 10, 60)
+    assert notice["notice_id"] in {n["notice_id"] for n in taken}
+    assert not await ledger.renew_lease(notice["notice_id"], "a", lapsed, 60)
+    assert await ledger.renew_lease(notice["notice_id"], "b", lapsed, 60)
+
+
 async def test_finishing_records_one_outcome_and_needs_the_lease(ledger: SqlLedger) -> None:
     await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
     notice = (await ledger.claim("a", NOW, 1, 60))[0]

@@ -127,7 +127,10 @@ async def test_two_workers_on_postgres_one_killed_again_and_again(
         start_worker: StartWorker, broker: Broker, twilio: TwilioDouble,
         smtp: SmtpTestServer) -> None:
     async with postgres_schema() as (url, schema):
-        settings = {**FAST, "DUNNING_DATABASE_URL": url, "DUNNING_DATABASE_SCHEMA": schema}
+        # the lease must outlast the longest stall between its renewal and the request reaching
+        # the provider: with two workers, PostgreSQL and this test on two cores, 2 s did not
+        settings = {**FAST, "DUNNING_LEASE_S": "5", "DUNNING_DATABASE_URL": url,
+                    "DUNNING_DATABASE_SCHEMA": schema}
         steady = start_worker(**settings)
         victim = start_worker(**settings)
         await broker.publish(*burst(500, "pg"))
