@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from service.channels.base import Address, RenderedNotice
-from service.events import AnyEvent, Escalated, PaymentReceived, validate_event
+from service.events import AnyEvent, Escalated, PaymentReceived, stored_event, validate_event
 from service.ledger import SqlLedger
 from service.policy import Policy
 from service.rendering import Renderer, RenderInput, sms_segments
@@ -42,7 +42,7 @@ class EventCache:
             bodies = await self.ledger.event_bodies([event_id])
             if event_id not in bodies:
                 return None
-            self._items[event_id] = validate_event(bodies[event_id])
+            self._items[event_id] = stored_event(bodies[event_id])
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         self._items.move_to_end(event_id)
@@ -53,7 +53,7 @@ class EventCache:
         missing = list({e for e in event_ids if e not in self._items})
         if missing:
             for event_id, body in (await self.ledger.event_bodies(missing)).items():
-                self._items[event_id] = validate_event(body)
+                self._items[event_id] = stored_event(body)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         found = {}

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 from aio_pika.abc import (
@@ -25,6 +25,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq import spec
 from aiormq.abc import FieldTable
 
 from service import metrics
@@ -37,6 +38,7 @@ from service.policy import Policy, plan_escalation, plan_payment
 log = get_logger("dunning.intake")
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
 JSON = "application/json"
+PERSISTENT = 2  # AMQP delivery mode: the broker keeps the message on disk
 
 
 @dataclass(slots=True)
@@ -226,17 +228,22 @@ class Intake:
 
 
 class BrokerOutcomeSink:
-    """Publishes outcomes to ``dunning.outcomes`` with publisher confirms, awaited together."""
+    """Publishes outcomes to ``dunning.outcomes`` with publisher confirms, awaited together.
+
+    Straight onto the channel's AMQP layer: an outcome needs no message object of its own,
+    and not ``mandatory`` (an outcome nobody has bound a queue for is not an error to us).
+    """
 
     def __init__(self, exchange: AbstractExchange) -> None:
         self.exchange = exchange
 
     async def publish(self, messages: list[tuple[str, str]]) -> None:
+        # every exchange aio-pika declares has its channel; the abstract type does not say so
+        channel = await cast(aio_pika.Exchange, self.exchange).channel.get_underlay_channel()
         await asyncio.gather(*(
-            self.exchange.publish(
-                aio_pika.Message(body.encode(), content_type=JSON,
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=key)
+            channel.basic_publish(body.encode(), exchange=self.exchange.name, routing_key=key,
+                                  properties=spec.Basic.Properties(
+                                      content_type=JSON, delivery_mode=PERSISTENT))
             for key, body in messages))
 
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from babel import Locale
 from babel.dates import format_date
 from babel.numbers import format_currency
 from jinja2 import (
@@ -68,6 +69,12 @@ def babel_locale(locale: str) -> str:
     return locale.replace("-", "_")
 
 
+@lru_cache(maxsize=64)
+def _parsed_locale(locale: str) -> Locale:
+    """Babel's locale for ``zh-CN`` (parsed once: parsing costs more than formatting)."""
+    return Locale.parse(babel_locale(locale))
+
+
 def locale_chain(locale: str, default_locale: str) -> list[str]:
     """``zh-CN`` -> ``zh-CN``, ``zh``, then the policy's default locale."""
     chain = [locale]
@@ -84,7 +91,7 @@ def _money(ctx: Context, value: Any, currency: str | None = None) -> str:
     if value is None:
         return ""
     amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    return format_currency(amount, currency or "USD", locale=babel_locale(ctx["notice"]["locale"]))
+    return format_currency(amount, currency or "USD", locale=_parsed_locale(ctx["notice"]["locale"]))
 
 
 @pass_context
@@ -95,7 +102,7 @@ def _date(ctx: Context, value: Any, form: str = "long") -> str:
         value = date.fromisoformat(value)
     if isinstance(value, datetime):
         value = value.date()
-    return format_date(value, format=form, locale=babel_locale(ctx["notice"]["locale"]))
+    return format_date(value, format=form, locale=_parsed_locale(ctx["notice"]["locale"]))
 
 
 def mask(value: Any, keep: int = 4) -> str:
