@@ -15,12 +15,12 @@ WORKDIR /src
 # Dependencies first, against an empty package and README, so that a change in service/ or in
 # README.md reuses this layer.
 # The extras: postgres (shared ledger), redis (shared rate limits), letters (WeasyPrint PDFs),
-# each as soon as pyproject.toml declares it.
+# fast (uvloop), each as soon as pyproject.toml declares it.
 COPY pyproject.toml ./
 RUN mkdir service \
     && touch README.md service/__init__.py \
     && python3 -m venv /opt/dunning \
-    && extras="$(python3 -c 'import tomllib; o = tomllib.load(open("pyproject.toml", "rb"))["project"].get("optional-dependencies", {}); print(",".join(x for x in ("postgres", "redis", "letters") if x in o))')" \
+    && extras="$(python3 -c 'import tomllib; o = tomllib.load(open("pyproject.toml", "rb"))["project"].get("optional-dependencies", {}); print(",".join(x for x in ("postgres", "redis", "letters", "fast") if x in o))')" \
     && echo "installing dunning[${extras}]" \
     && /opt/dunning/bin/pip install ".[${extras}]"
 COPY README.md ./

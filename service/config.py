@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=900.0, gt=0)
     dispatch_batch: int = Field(default=64, ge=1, le=10_000)
+    send_concurrency: int = Field(default=16, ge=1, le=1_000)  # sends in flight per channel
     dispatch_poll_s: float = Field(default=0.5, gt=0)
     intake_batch: int = Field(default=100, ge=1, le=10_000)
     intake_flush_s: float = Field(default=0.02, gt=0)

@@ -70,6 +70,10 @@ class Dispatcher:
         self._by_channel: Counter[str] = Counter()
         self._stopping = False
         self.max_inflight = settings.dispatch_batch * 2
+        # sends in flight per channel: a notice waits here, having done no work yet, so that a
+        # whole batch starting at once does not build all its requests in one loop turn
+        self._sending = {channel: asyncio.Semaphore(settings.send_concurrency)
+                         for channel in adapters}
         self.breakers = {channel: CircuitBreaker(channel, settings.circuit_failures,
                                                  settings.circuit_open_s)
                          for channel in adapters}
@@ -275,37 +279,45 @@ class Dispatcher:
         if delay_s > 0:
             metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "waited").inc()
             await asyncio.sleep(delay_s)
-        # the window is full (after a stall somewhere): wait the time it names, not a spin
-        while (wait_s := await self.limiter.admit(notice["channel"])) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait_s)
         return True
 
     async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
         channel = notice["channel"]
-        if not await self._lease_held(notice):
-            log.warning("lease_lost_before_send", notice_id=notice["notice_id"],
-                        event_id=notice["event_id"], channel=channel)
-            return
-        started = time.perf_counter()
-        log.debug("send_started", t=round(time.time(), 4), channel=channel)  # pacing is audited on it
-        breaker = self.breakers[channel]
-        try:
-            receipt = await self.adapters[channel].send(rendered)
-        except DeliveryError as exc:
-            metrics.PROVIDER_ERRORS.labels(channel, type(exc).__name__).inc()
-            if isinstance(exc, PermanentDeliveryError):
-                breaker.record_success()  # the provider answered: it is up
+        async with self._sending[channel]:
+            # the window is full (after a stall somewhere): wait the time it names, not a
+            # spin; admitted here, so that the start it records is the send's own
+            while (wait_s := await self.limiter.admit(channel)) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait_s)
+            if not await self._lease_held(notice):  # after the waits: right before the call
+                log.warning("lease_lost_before_send", notice_id=notice["notice_id"],
+                            event_id=notice["event_id"], channel=channel)
+                return
+            started = time.perf_counter()
+            log.debug("send_started", t=round(time.time(), 4), channel=channel)  # pacing is audited on it
+            try:
+                receipt = await self.adapters[channel].send(rendered)
+            except DeliveryError as exc:
+                self._count_failure(channel, exc)
+                failure: DeliveryError | None = exc
             else:
-                breaker.record_failure()
-            await self._record_error(notice, exc)
+                failure = None
+                self.breakers[channel].record_success()
+            finally:
+                metrics.SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        if failure is not None:  # what is written to the ledger is written outside the slot
+            await self._record_error(notice, failure)
             return
-        finally:
-            metrics.SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        breaker.record_success()
         await self._terminal(notice, "sent", provider=receipt.provider,
                              provider_id=receipt.provider_id)
         log.info("notice_sent", notice_id=notice["notice_id"], event_id=notice["event_id"],
                  channel=channel, provider=receipt.provider)
+
+    def _count_failure(self, channel: str, exc: DeliveryError) -> None:
+        metrics.PROVIDER_ERRORS.labels(channel, type(exc).__name__).inc()
+        if isinstance(exc, PermanentDeliveryError):
+            self.breakers[channel].record_success()  # the provider answered: it is up
+        else:
+            self.breakers[channel].record_failure()
 
     async def _lease_held(self, notice: dict[str, Any]) -> bool:
         """Is the notice still ours, right before the provider call, for as long as the call

@@ -17,7 +17,7 @@ log = get_logger("dunning.relay")
 
 
 class OutcomeRelay:
-    def __init__(self, ledger: SqlLedger, sink: OutcomeSink, batch: int = 500,
+    def __init__(self, ledger: SqlLedger, sink: OutcomeSink, batch: int = 100,
                  poll_s: float = 1.0) -> None:
         self.ledger = ledger
         self.sink = sink

@@ -181,8 +181,8 @@ class SmtpEmailAdapter:
         )
 
     async def send(self, notice: RenderedNotice) -> Receipt:
-        message = build_message(notice, self._email_from)
-        async with self._connection() as client:
+        async with self._connection() as client:  # built once a connection is free
+            message = build_message(notice, self._email_from)
             refused = await self._transact(client, message, [notice.destination, *self._bcc])
         for address, (code, _text) in refused.items():
             if address == notice.destination:

@@ -36,7 +36,7 @@ WEASYPRINT_PACKAGES = ("libpango-1.0-0", "libpangoft2-1.0-0", "libharfbuzz-subse
 CJK_FONTS = ("fonts-noto-cjk", "fonts-wqy-microhei")
 SECRET_SETTINGS = ("DUNNING_AMQP_URL", "DUNNING_DATABASE_URL", "DUNNING_SMTP_PASSWORD",
                    "DUNNING_TWILIO_AUTH_TOKEN", "DUNNING_PRINTMAIL_API_KEY")
-IMAGE_EXTRAS = ("postgres", "redis", "letters")  # what a deployed worker may be configured to use
+IMAGE_EXTRAS = ("postgres", "redis", "letters", "fast")  # what a deployed worker may be configured to use
 
 
 # ---- reading the files -------------------------------------------------------------------------
