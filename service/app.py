@@ -104,8 +104,9 @@ class Worker:
                 warm_up = getattr(adapter, "warm_up", None)  # optional: connect, import early
                 if warm_up is not None:
                     await warm_up()
-            for code, problem in await bootstrap.startup_problems(
-                    adapters, self.settings.startup_timeout_s):
+            for code, problem in [*bootstrap.settings_problems(self.settings),
+                                  *await bootstrap.startup_problems(
+                                      adapters, self.settings.startup_timeout_s)]:
                 log.warning(code, problem=problem)
             limiter = bootstrap.build_limiter(self.settings, adapters)
             stack.push_async_callback(limiter.aclose)

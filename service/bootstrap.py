@@ -6,6 +6,7 @@ import asyncio
 
 from service.channels.base import ChannelAdapter
 from service.config import Settings
+from service.dispatcher import LEASE_MARGIN_S
 from service.ratelimit import Rate, RateLimiter, make_limiter
 
 
@@ -76,6 +77,17 @@ async def startup_problems(adapters: dict[str, ChannelAdapter],
                 problems.extend(await check())
         except Exception as exc:  # noqa: BLE001 - a start-up check never stops the worker
             problems.append((f"{channel}_check_failed", type(exc).__name__))
+    return problems
+
+
+def settings_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Settings that work but weaken a guarantee, as (code, sentence) pairs for the log."""
+    problems = []
+    if settings.lease_s <= settings.provider_timeout_s + LEASE_MARGIN_S:
+        problems.append(("lease_shorter_than_a_send", (
+            f"DUNNING_LEASE_S ({settings.lease_s:g} s) is not above DUNNING_PROVIDER_TIMEOUT_S "
+            f"({settings.provider_timeout_s:g} s) plus {LEASE_MARGIN_S:g} s: a stalled send can "
+            "outlive its lease, and another worker may send the notice again")))
     return problems
 
 
