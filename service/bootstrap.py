@@ -6,8 +6,8 @@ import asyncio
 
 from service.channels.base import ChannelAdapter
 from service.config import Settings
-from service.dispatcher import LEASE_MARGIN_S
 from service.ratelimit import Rate, RateLimiter, make_limiter
+from service.sending import LEASE_MARGIN_S
 
 
 def build_adapters(settings: Settings) -> dict[str, ChannelAdapter]:

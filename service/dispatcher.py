@@ -1,17 +1,15 @@
 """The dispatcher: claims due notices and runs each through rules, render, pacing, send, record.
 
-Small named stages: :meth:`Dispatcher._prepare` (what to send and whether it may go now),
-:meth:`Dispatcher._pace` (a rate-limit slot), :meth:`Dispatcher._deliver` (the adapter call),
-:meth:`Dispatcher._record_error` (what an error means). Deferrals and retries are a later
-``due_at`` in the ledger, never a sleeping task; the only sleep is the short wait for a
-rate-limit slot that was reserved.
+It claims batches within its budgets (:meth:`Dispatcher._budgets`), prepares each batch
+together (:mod:`service.prepare`) or a notice alone (:meth:`Dispatcher._prepare`: a
+reconciliation first, a payment's confirmation), and hands what may go now to the
+:class:`~service.sending.Sender`, one task per notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 import uuid
 from collections import Counter
@@ -23,12 +21,8 @@ from service import metrics
 from service.channels.base import (
     ChannelAdapter,
     DeliveryError,
-    PermanentDeliveryError,
     RenderedNotice,
-    TransientDeliveryError,
-    UnknownOutcomeError,
 )
-from service.circuit import CircuitBreaker
 from service.compose import Composer, EventCache, NotSendable
 from service.config import Settings
 from service.ledger import SqlLedger
@@ -41,11 +35,9 @@ from service.ratelimit import LocalRateLimiter, RateLimiter
 from service.reconcile import UNKNOWN, needs_reconciling, reconcile
 from service.rendering import Renderer
 from service.rules import check_timing, destination_for, evaluate
+from service.sending import LEASE_CONFIRMED, PACING_HORIZON_S, Sender
 
 log = get_logger("dunning.dispatch")
-PACING_HORIZON_S = 1.0  # claim a paced channel's notices about this far ahead of their slots
-LEASE_CONFIRMED = "lease_confirmed"  # monotonic time from which the lease is known to be ours
-LEASE_MARGIN_S = 5.0  # what a send's lease keeps beyond the provider timeout, for clock drift
 
 
 class Dispatcher:
@@ -70,13 +62,8 @@ class Dispatcher:
         self._by_channel: Counter[str] = Counter()
         self._stopping = False
         self.max_inflight = settings.dispatch_batch * 2
-        # sends in flight per channel: a notice waits here, having done no work yet, so that a
-        # whole batch starting at once does not build all its requests in one loop turn
-        self._sending = {channel: asyncio.Semaphore(settings.send_concurrency)
-                         for channel in adapters}
-        self.breakers = {channel: CircuitBreaker(channel, settings.circuit_failures,
-                                                 settings.circuit_open_s)
-                         for channel in adapters}
+        self.sender = Sender(settings, ledger, adapters, self.limiter, now, self.owner,
+                             self._terminal)
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -195,8 +182,8 @@ class Dispatcher:
         """One notice: prepared here unless the batch stage has (``ready``), then sent."""
         try:
             rendered = ready or await self._prepare(notice)
-            if rendered is not None and await self._may_go(notice) and await self._pace(notice):
-                await self._deliver(notice, rendered)
+            if rendered is not None:
+                await self.sender.send(notice, rendered)
         except NotSendable as exc:
             await self._terminal(notice, "failed", reason=exc.reason, rule=exc.rule)
         except Exception:
@@ -246,7 +233,7 @@ class Dispatcher:
                                       rendered, self.now(), self.settings.clock_offset_s)
         except DeliveryError as exc:  # the provider cannot be asked: never send blind
             await self.ledger.retry_later(
-                notice, self.now() + timedelta(seconds=self.backoff_s(1)), self.now(),
+                notice, self.now() + timedelta(seconds=self.sender.backoff_s(1)), self.now(),
                 reason=f"{UNKNOWN}:{exc.reason}", owner=self.owner, rule="reconcile",
                 count_attempt=False)
             return True
@@ -257,119 +244,6 @@ class Dispatcher:
         log.info("notice_reconciled", notice_id=notice["notice_id"], channel=notice["channel"],
                  event_id=notice["event_id"])
         return True
-
-    async def _may_go(self, notice: dict[str, Any]) -> bool:
-        """The channel's circuit breaker: while its provider keeps failing, wait, untried."""
-        allowed, wait_s = self.breakers[notice["channel"]].allow()
-        if not allowed:
-            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=wait_s),
-                                          self.now(), reason="circuit_open", owner=self.owner,
-                                          rule="circuit_breaker", count_attempt=False)
-        return allowed
-
-    async def _pace(self, notice: dict[str, Any]) -> bool:
-        """Wait for the channel's next slot if it is near; else give the notice back."""
-        ok, delay_s = await self.limiter.reserve(notice["channel"], 2 * PACING_HORIZON_S)
-        if not ok:
-            metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "put_back").inc()
-            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=delay_s),
-                                          self.now(), reason="rate_limited", owner=self.owner,
-                                          rule="rate_limit", count_attempt=False)
-            return False
-        if delay_s > 0:
-            metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "waited").inc()
-            await asyncio.sleep(delay_s)
-        return True
-
-    async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
-        channel = notice["channel"]
-        async with self._sending[channel]:
-            # the window is full (after a stall somewhere): wait the time it names, not a
-            # spin; admitted here, so that the start it records is the send's own
-            while (wait_s := await self.limiter.admit(channel)) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(wait_s)
-            if not await self._lease_held(notice):  # after the waits: right before the call
-                log.warning("lease_lost_before_send", notice_id=notice["notice_id"],
-                            event_id=notice["event_id"], channel=channel)
-                return
-            started = time.perf_counter()
-            log.debug("send_started", t=round(time.time(), 4), channel=channel)  # pacing is audited on it
-            try:
-                receipt = await self.adapters[channel].send(rendered)
-            except DeliveryError as exc:
-                self._count_failure(channel, exc)
-                failure: DeliveryError | None = exc
-            else:
-                failure = None
-                self.breakers[channel].record_success()
-            finally:
-                metrics.SEND_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        if failure is not None:  # what is written to the ledger is written outside the slot
-            await self._record_error(notice, failure)
-            return
-        await self._terminal(notice, "sent", provider=receipt.provider,
-                             provider_id=receipt.provider_id)
-        log.info("notice_sent", notice_id=notice["notice_id"], event_id=notice["event_id"],
-                 channel=channel, provider=receipt.provider)
-
-    def _count_failure(self, channel: str, exc: DeliveryError) -> None:
-        metrics.PROVIDER_ERRORS.labels(channel, type(exc).__name__).inc()
-        if isinstance(exc, PermanentDeliveryError):
-            self.breakers[channel].record_success()  # the provider answered: it is up
-        else:
-            self.breakers[channel].record_failure()
-
-    async def _lease_held(self, notice: dict[str, Any]) -> bool:
-        """Is the notice still ours, right before the provider call, for as long as the call
-        may take?
-
-        A worker that stalled past its lease must not send what another worker may have
-        taken over, and a lease must not lapse while its send may still be in flight. While
-        the lease taken at the claim (timed on the monotonic clock from before the claim, so
-        a stall counts) outlasts a whole provider timeout, it surely is; otherwise the lease
-        is renewed in the ledger first.
-        """
-        elapsed_s = time.monotonic() - notice.get(LEASE_CONFIRMED, -math.inf)
-        if elapsed_s + self.settings.provider_timeout_s + LEASE_MARGIN_S < self.settings.lease_s:
-            return True
-        asked = time.monotonic()
-        if not await self.ledger.renew_lease(notice["notice_id"], self.owner, self.now(),
-                                             self.settings.lease_s):
-            return False
-        notice[LEASE_CONFIRMED] = asked
-        return True
-
-    async def _record_error(self, notice: dict[str, Any], exc: DeliveryError) -> None:
-        fields = {"notice_id": notice["notice_id"], "event_id": notice["event_id"],
-                  "channel": notice["channel"], "reason": exc.reason}
-        if isinstance(exc, PermanentDeliveryError):
-            log.warning("notice_failed", **fields)
-            await self._terminal(notice, "failed", reason=exc.reason, rule="provider")
-            return
-        attempts = int(notice["attempts"])
-        outage = self.breakers[notice["channel"]].state == "open"
-        if attempts >= self.settings.max_attempts and not outage:
-            log.warning("notice_failed_after_retries", attempts=attempts, **fields)
-            await self._terminal(notice, "failed", reason=f"attempts_exhausted:{exc.reason}",
-                                 rule="provider")
-            return
-        delay_s = self.backoff_s(attempts)
-        reason = f"{UNKNOWN}:{exc.reason}" if isinstance(exc, UnknownOutcomeError) else exc.reason
-        if isinstance(exc, TransientDeliveryError) and exc.retry_after_s:
-            delay_s = max(delay_s, exc.retry_after_s)
-            await self.limiter.slow_down(notice["channel"], exc.retry_after_s)
-        log.info("notice_retry", attempts=attempts, delay_s=round(delay_s, 2), outage=outage,
-                 **fields)
-        # a failure the breaker puts down to a provider outage does not use up a retry
-        await self.ledger.retry_later(notice, self.now() + timedelta(seconds=delay_s), self.now(),
-                                      reason=reason, owner=self.owner, rule="provider",
-                                      count_attempt=not outage)
-
-    def backoff_s(self, attempts: int) -> float:
-        """Exponential backoff with jitter between half and one and a half of the step."""
-        step = min(self.settings.retry_base_s * 2 ** max(attempts - 1, 0),
-                   self.settings.retry_max_s)
-        return float(step * random.uniform(0.5, 1.5))
 
     async def _terminal(self, notice: dict[str, Any], status: Any, **extra: Any) -> None:
         done = await self.recorder.finish(notice, status, self.now(), **extra)
