@@ -34,9 +34,12 @@ from service.channels.base import (
 
 if TYPE_CHECKING:
     from service.channels.email import SmtpEmailAdapter, build_message
+    from service.channels.letter import SpoolLetterAdapter
     from service.channels.memory import MemoryAdapter
     from service.channels.outbox import OutboxAdapter
+    from service.channels.printmail import PrintMailLetterAdapter
     from service.channels.sms import TwilioSmsAdapter
+    from service.channels.voice import TwilioVoiceAdapter
 
     ADAPTERS: dict[str, type]
 
@@ -46,6 +49,9 @@ ENTRY_POINT_GROUP = "dunning.channels"
 _BUILT_IN = {
     "smtp": "service.channels.email:SmtpEmailAdapter",
     "twilio_sms": "service.channels.sms:TwilioSmsAdapter",
+    "twilio_voice": "service.channels.voice:TwilioVoiceAdapter",
+    "spool_letter": "service.channels.letter:SpoolLetterAdapter",
+    "printmail_letter": "service.channels.printmail:PrintMailLetterAdapter",
     "outbox": "service.channels.outbox:OutboxAdapter",
     "memory": "service.channels.memory:MemoryAdapter",
 }
@@ -53,6 +59,9 @@ _LAZY_NAMES = {
     "SmtpEmailAdapter": "service.channels.email",
     "build_message": "service.channels.email",
     "TwilioSmsAdapter": "service.channels.sms",
+    "TwilioVoiceAdapter": "service.channels.voice",
+    "SpoolLetterAdapter": "service.channels.letter",
+    "PrintMailLetterAdapter": "service.channels.printmail",
     "OutboxAdapter": "service.channels.outbox",
     "MemoryAdapter": "service.channels.memory",
 }
@@ -68,11 +77,14 @@ __all__ = [
     "MemoryAdapter",
     "OutboxAdapter",
     "PermanentDeliveryError",
+    "PrintMailLetterAdapter",
     "Receipt",
     "RenderedNotice",
     "SmtpEmailAdapter",
+    "SpoolLetterAdapter",
     "TransientDeliveryError",
     "TwilioSmsAdapter",
+    "TwilioVoiceAdapter",
     "UnknownOutcomeError",
     "build_message",
     "load_entry_point_adapters",

@@ -205,29 +205,27 @@ class TwilioApi:
         (minus ``CLOCK_SKEW_S``), since a date filter may be applied per day. Compare bodies
         to tell two notices to the same phone apart.
         """
-        after = _utc(since)
-
-        async def read(client: Client) -> list[Any]:
-            records: list[Any] = await client.messages.list_async(
-                to=to, from_=from_, date_sent_after=after, limit=RECONCILE_LIMIT
-            )
-            return records
-
-        found = await self.call(read, creates=False)
-        return [_message_dict(m) for m in found if _recent(m.date_created, after)]
+        return await self._find(lambda client, after: client.messages.list_async(
+            to=to, from_=from_, date_sent_after=after, limit=RECONCILE_LIMIT),
+            _message_dict, since)
 
     async def find_calls(self, to: str, from_: str, since: datetime) -> list[dict[str, Any]]:
         """Calls from ``from_`` to ``to`` started at or after ``since`` (for reconciliation)."""
+        return await self._find(lambda client, after: client.calls.list_async(
+            to=to, from_=from_, start_time_after=after, limit=RECONCILE_LIMIT),
+            _call_dict, since)
+
+    async def _find(self, listing: Callable[[Client, datetime], Awaitable[list[Any]]],
+                    convert: Callable[[Any], dict[str, Any]],
+                    since: datetime) -> list[dict[str, Any]]:
+        """One list call of the SDK, read back as dicts of the records created since."""
         after = _utc(since)
 
         async def read(client: Client) -> list[Any]:
-            records: list[Any] = await client.calls.list_async(
-                to=to, from_=from_, start_time_after=after, limit=RECONCILE_LIMIT
-            )
-            return records
+            return await listing(client, after)
 
         found = await self.call(read, creates=False)
-        return [_call_dict(c) for c in found if _recent(c.date_created, after)]
+        return [convert(record) for record in found if _recent(record.date_created, after)]
 
     async def aclose(self) -> None:
         """Close the SDK's aiohttp session (idempotent)."""

@@ -513,8 +513,16 @@ async def test_the_memory_twin_fails_the_next_sends_as_told() -> None:
 
 # -- registry --------------------------------------------------------------------------------
 def test_the_registry_names_every_built_in_adapter() -> None:
-    assert {"smtp", "twilio_sms", "outbox", "memory"} <= set(ADAPTERS)
+    from service.channels.letter import SpoolLetterAdapter
+    from service.channels.printmail import PrintMailLetterAdapter
+    from service.channels.voice import TwilioVoiceAdapter
+
+    assert {"smtp", "twilio_sms", "twilio_voice", "spool_letter", "printmail_letter", "outbox",
+            "memory"} <= set(ADAPTERS)
     assert ADAPTERS["smtp"] is SmtpEmailAdapter and ADAPTERS["twilio_sms"] is TwilioSmsAdapter
+    assert ADAPTERS["twilio_voice"] is TwilioVoiceAdapter
+    assert ADAPTERS["spool_letter"] is SpoolLetterAdapter
+    assert ADAPTERS["printmail_letter"] is PrintMailLetterAdapter
 
 
 def _install_entry_point(root: Path, key: str, module: str) -> None:
