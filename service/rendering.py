@@ -94,6 +94,19 @@ def _money(ctx: Context, value: Any, currency: str | None = None) -> str:
     return format_currency(amount, currency or "USD", locale=_parsed_locale(ctx["notice"]["locale"]))
 
 
+def _decimal(value: Any) -> Decimal:
+    """An amount as a Decimal, for exact arithmetic in a template (Jinja has only float)."""
+    if isinstance(value, Decimal):
+        return value
+    try:
+        amount = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise ValueError(f"{value!r} is not a decimal amount") from None
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a finite amount")
+    return amount
+
+
 @pass_context
 def _date(ctx: Context, value: Any, form: str = "long") -> str:
     if value is None:
@@ -125,6 +138,7 @@ def make_environment(templates_dir: Path) -> Environment:
         cache_size=2000,
     )
     env.filters["money"] = _money
+    env.filters["decimal"] = _decimal
     env.filters["date"] = _date
     env.filters["mask"] = mask
     return env

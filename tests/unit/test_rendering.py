@@ -104,3 +104,14 @@ def test_mask_keeps_the_last_four() -> None:
 def test_sms_segments(text: str, encoding: str, segments: int) -> None:
     count = sms_segments(text)
     assert (count.encoding, count.segments) == (encoding, segments)
+
+
+def test_a_validation_notice_renders_only_when_its_figures_add_up_exactly() -> None:
+    from tests.helpers.notices import rendered_notice, us_event
+
+    # 3,000.00 + 95.44 + 25.00 - 0.00 = 3,120.44, the amount due: in Decimal, to the cent
+    assert "$3,120.44" in rendered_notice(us_event("recovery"), "us_recovery", "letter").parts["html"]
+    # a tenth of a cent off is off (floats compared within half a cent let this one pass)
+    off = us_event("recovery", account={"days_past_due": 112, "amount_due": "3120.441"})
+    with pytest.raises(UndefinedError, match="itemization_must_add_up_to_amount_due"):
+        rendered_notice(off, "us_recovery", "letter")
