@@ -256,6 +256,18 @@ def sample(name: str, **changes: Any) -> dict[str, Any]:
     return data
 
 
+def us_burst(count: int, tag: str) -> list[dict[str, Any]]:
+    """``count`` US early escalations, each of an account, a phone and an email of its own."""
+    events = []
+    for i in range(count):
+        event = sample("escalated_early_us.json", event_id=f"evt-{tag}-{i:04d}")
+        event["account"] = {**event["account"], "account_id": f"CC-{tag}-{i:04d}"}
+        event["debtor"] = {**event["debtor"], "phone": f"+1202555{i:04d}",
+                           "email": f"{tag}{i}@example.org"}
+        events.append(event)
+    return events
+
+
 def by_channel(outcomes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {o["channel"]: o for o in outcomes}
 

@@ -19,22 +19,11 @@ from service.ledger import SqlLedger
 from service.ledger.schema import TERMINAL, decisions, notices
 from tests.helpers.smtp_server import SmtpTestServer
 from tests.helpers.twilio_double import TwilioDouble
-from tests.helpers.worker import Broker, WorkerProcess, sample
+from tests.helpers.worker import Broker, WorkerProcess, us_burst
 
 EVENTS = 1000
 KILLS = 3
 SETTINGS = {"DUNNING_LEASE_S": "2", "DUNNING_RATE_SMS": "off"}
-
-
-def burst() -> list[dict[str, object]]:
-    events = []
-    for i in range(EVENTS):
-        event = sample("escalated_early_us.json", event_id=f"evt-burst-{i:04d}")
-        event["account"] = {**event["account"], "account_id": f"CC-B-{i:04d}"}  # type: ignore[dict-item]
-        event["debtor"] = {**event["debtor"], "phone": f"+1202555{i:04d}",  # type: ignore[dict-item]
-                           "email": f"debtor{i}@example.org"}
-        events.append(event)
-    return events
 
 
 async def ledger_counts(url: str) -> tuple[dict[str, int], Counter[str], int]:
@@ -58,7 +47,7 @@ async def test_sigkill_three_times_during_a_burst_loses_and_duplicates_nothing(
         twilio: TwilioDouble, tmp_path: Path) -> None:
     notices_total = EVENTS * 2
     worker = start_worker(**SETTINGS)
-    await broker.publish(*burst())
+    await broker.publish(*us_burst(EVENTS, "burst"))
     for cycle in range(1, KILLS + 1):
         await broker.wait_notices(notices_total * cycle // (KILLS + 1), timeout_s=120)
         worker.kill()

@@ -17,21 +17,10 @@ from service.ledger.schema import TERMINAL, decisions, notices
 from tests.helpers.ledgers import postgres_schema
 from tests.helpers.smtp_server import SmtpTestServer
 from tests.helpers.twilio_double import TwilioDouble
-from tests.helpers.worker import Broker, WorkerProcess, sample
+from tests.helpers.worker import Broker, WorkerProcess, us_burst
 
 StartWorker = Callable[..., WorkerProcess]
 FAST = {"DUNNING_LEASE_S": "2", "DUNNING_RATE_SMS": "off"}
-
-
-def burst(count: int, tag: str) -> list[dict[str, object]]:
-    events = []
-    for i in range(count):
-        event = sample("escalated_early_us.json", event_id=f"evt-{tag}-{i:04d}")
-        event["account"] = {**event["account"], "account_id": f"CC-{tag}-{i:04d}"}  # type: ignore[dict-item]
-        event["debtor"] = {**event["debtor"], "phone": f"+1202555{i:04d}",  # type: ignore[dict-item]
-                           "email": f"{tag}{i}@example.org"}
-        events.append(event)
-    return events
 
 
 async def ledger_states(ledger: SqlLedger) -> tuple[dict[str, int], Counter[str]]:
@@ -56,7 +45,7 @@ async def test_cut_broker_connections_mid_burst_lose_and_duplicate_nothing(
         smtp: SmtpTestServer, tmp_path: Path) -> None:
     # paced, so that the burst is still flowing when rabbitmqctl gets to the connections
     worker = start_worker(**{**FAST, "DUNNING_RATE_SMS": "40/s"})
-    await broker.publish(*burst(300, "cut"))
+    await broker.publish(*us_burst(300, "cut"))
     await broker.wait_notices(100, timeout_s=60)
     assert await asyncio.to_thread(worker.cut_broker_connections) >= 1
     await broker.wait_notices(600, timeout_s=120)
@@ -80,7 +69,7 @@ async def test_providers_down_then_back_send_everything_once_and_the_breaker_clo
     smtp.stop()
     twilio.fail_next(50, 503)
     started = time.monotonic()
-    await broker.publish(*burst(60, "down"))
+    await broker.publish(*us_burst(60, "down"))
     await asyncio.sleep(20)
     smtp.start()
     outcomes = await broker.wait_notices(120, timeout_s=120)
@@ -103,7 +92,7 @@ async def test_providers_down_then_back_send_everything_once_and_the_breaker_clo
 async def test_sigterm_mid_burst_exits_zero_and_leaves_nothing_claimed(
         start_worker: StartWorker, broker: Broker, tmp_path: Path) -> None:
     worker = start_worker(**FAST, DUNNING_DRAIN_TIMEOUT_S="10")
-    await broker.publish(*burst(400, "term"))
+    await broker.publish(*us_burst(400, "term"))
     await broker.wait_notices(100, timeout_s=60)
     started = time.monotonic()
     # the Twilio double answers on this loop: wait for the worker without blocking it
@@ -133,7 +122,7 @@ async def test_two_workers_on_postgres_one_killed_again_and_again(
                     "DUNNING_DATABASE_SCHEMA": schema}
         steady = start_worker(**settings)
         victim = start_worker(**settings)
-        await broker.publish(*burst(500, "pg"))
+        await broker.publish(*us_burst(500, "pg"))
         for cycle in range(1, 4):
             await broker.wait_notices(250 * cycle, timeout_s=120)
             victim.kill()
