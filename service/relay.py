@@ -10,6 +10,7 @@ import asyncio
 
 from service import metrics
 from service.ledger import SqlLedger
+from service.ledger.pending import relay_pending
 from service.logs import get_logger
 from service.outcomes import OutcomeSink, routing_key
 
@@ -46,13 +47,12 @@ class OutcomeRelay:
                     pass
 
     async def flush_once(self) -> int:
-        rows = await self.ledger.unpublished(self.batch)
-        if not rows:
-            return 0
-        await self.sink.publish([(routing_key(body), body) for _, body in rows])
-        await self.ledger.mark_published([row_id for row_id, _ in rows])
-        self.published += len(rows)
-        return len(rows)
+        async def publish(rows: list[tuple[int, str]]) -> None:
+            await self.sink.publish([(routing_key(body), body) for _, body in rows])
+
+        sent = await relay_pending(self.ledger, self.batch, publish)
+        self.published += sent
+        return sent
 
     async def finish(self, timeout_s: float) -> None:
         """Publish what is left, then stop."""

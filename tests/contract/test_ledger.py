@@ -70,6 +70,31 @@ async def test_a_lapsed_lease_is_renewed_until_another_owner_claims_it(
     assert await ledger.renew_lease(notice["notice_id"], "b", lapsed, 60)
 
 
+async def test_two_relays_on_postgresql_publish_each_outcome_once(ledger: SqlLedger) -> None:
+    from service.ledger.pending import relay_pending
+
+    if ledger.dialect != "postgresql":
+        pytest.skip("a SQLite ledger serves one worker, so one relay")
+    await Ingest(ledger).apply([sample("escalated_m1_cn.json", event_id=f"evt-relay-{i}")
+                                for i in range(10)], NOW)
+    for notice in await ledger.claim("a", NOW, 100, 60):
+        assert await ledger.finish(notice, "sent", NOW, owner="a", provider="x",
+                                   provider_id=notice["notice_id"])
+    published: list[int] = []
+
+    async def slow_broker(rows: list[tuple[int, str]]) -> None:
+        await asyncio.sleep(0.05)  # the confirms take a while: the other relay reads meanwhile
+        published.extend(row_id for row_id, _ in rows)
+
+    async def relay() -> None:
+        while await relay_pending(ledger, 3, slow_broker):
+            pass
+
+    await asyncio.gather(relay(), relay())
+    assert len(published) == 20 and len(set(published)) == 20
+    assert await ledger.unpublished(100) == []
+
+
 async def test_finishing_records_one_outcome_and_needs_the_lease(ledger: SqlLedger) -> None:
     await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
     notice = (await ledger.claim("a", NOW, 1, 60))[0]
