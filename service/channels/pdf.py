@@ -26,10 +26,12 @@ WeasyPrint is imported in the render processes only (and by ``dunning render -o`
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +44,7 @@ from service.channels.base import PermanentDeliveryError, RenderedNotice, Transi
 T = TypeVar("T")
 
 PROCESS_NICENESS = 19  # the lowest priority: render processes get the CPU others leave over
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 MM_PER_CSS_PX = 25.4 / 96
 PAPER_SIZES_MM = {"A4": (210.0, 297.0), "Letter": (215.9, 279.4)}
 PAPER_TOLERANCE_MM = 1.0
@@ -125,7 +128,21 @@ def check_health() -> RendererHealth:
     return RendererHealth(subsetting, not render_pdf(PROBE_HTML).missing_glyphs)
 
 
-def _start_process() -> None:
+def _die_with(parent: int) -> None:
+    """End this render process when the worker that started it ends, even by SIGKILL.
+
+    Linux only (``PR_SET_PDEATHSIG``, tied to the thread that started the process: the
+    event loop's); elsewhere a killed worker's render processes stay until they are ended.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the worker died before the signal was asked for
+        os._exit(0)
+
+
+def _start_process(parent: int) -> None:
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(PROCESS_NICENESS)
@@ -135,8 +152,10 @@ def _start_process() -> None:
 
 
 def render_pool(max_processes: int) -> ProcessPoolExecutor:
-    """A pool of render processes (started on first use, ``spawn``, niced, deaf to SIGINT)."""
+    """A pool of render processes (started on first use, ``spawn``, niced, deaf to SIGINT,
+    ended with the worker)."""
     return ProcessPoolExecutor(max_processes, initializer=_start_process,
+                               initargs=(os.getpid(),),
                                mp_context=multiprocessing.get_context("spawn"))
 
 

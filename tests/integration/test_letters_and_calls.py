@@ -98,3 +98,50 @@ def test_render_writes_a_letter_as_pdf(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert out.read_bytes().startswith(b"%PDF-") and "A4" in result.stderr
     assert "李娜" in pdf_text(out)
+
+
+def parent_of(stat: str) -> int:
+    # the command name in parentheses may hold spaces: the state, then the parent, follow it
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def render_processes(pid: int) -> set[int]:
+    """The multiprocessing children of ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if parent_of(stat.read_text()) == pid and \
+                    b"multiprocessing" in (stat.parent / "cmdline").read_bytes():
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def running(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (neither gone nor a zombie)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+async def test_a_killed_worker_takes_its_letter_render_processes_with_it(
+        start_worker: StartWorker, broker: Broker, tmp_path: Path) -> None:
+    worker = start_worker(DUNNING_LETTER_SPOOL_DIR=str(tmp_path / "spool"))
+    await broker.publish_sample("escalated_m3_letter_cn.json")
+    await broker.wait_outcomes(2, terminal=True)  # a letter was rendered: its process runs
+    assert worker.proc is not None
+    renderers = render_processes(worker.proc.pid)
+    assert renderers, "no render process found"
+    worker.kill()
+    for _ in range(100):
+        if not (alive := running(renderers)):
+            break
+        await asyncio.sleep(0.1)
+    assert not alive, f"render processes {sorted(alive)} outlived their SIGKILLed worker"
