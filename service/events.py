@@ -38,17 +38,22 @@ class BadEvent(Exception):
         self.detail = detail
 
 
+def decimal_amount(text: str) -> Decimal:
+    """A decimal string as a finite Decimal; ValueError naming the text otherwise."""
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a decimal amount") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not a finite amount")
+    return amount
+
+
 def _money(value: Any) -> Any:
     if isinstance(value, bool) or isinstance(value, (int, float)):
         raise ValueError('money must be a decimal string such as "1830.00", not a JSON number')
     if isinstance(value, str):
-        try:
-            amount = Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not a decimal amount") from None
-        if not amount.is_finite():
-            raise ValueError(f"{value!r} is not a finite amount")
-        return amount
+        return decimal_amount(value)
     return value
 
 

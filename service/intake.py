@@ -38,7 +38,6 @@ from service.policy import Policy, plan_escalation, plan_payment
 log = get_logger("dunning.intake")
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
 JSON = "application/json"
-PERSISTENT = 2  # AMQP delivery mode: the broker keeps the message on disk
 
 
 @dataclass(slots=True)
@@ -243,7 +242,8 @@ class BrokerOutcomeSink:
         await asyncio.gather(*(
             channel.basic_publish(body.encode(), exchange=self.exchange.name, routing_key=key,
                                   properties=spec.Basic.Properties(
-                                      content_type=JSON, delivery_mode=PERSISTENT))
+                                      content_type=JSON,
+                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT))
             for key, body in messages))
 
 

@@ -26,6 +26,8 @@ from jinja2 import (
 )
 from jinja2.runtime import Context
 
+from service.events import decimal_amount
+
 # which template files make up a notice on each channel, by part name
 CHANNEL_FILES: dict[str, dict[str, str]] = {
     "email": {"subject": "email.subject.j2", "html": "email.html.j2", "text": "email.txt.j2"},
@@ -96,15 +98,7 @@ def _money(ctx: Context, value: Any, currency: str | None = None) -> str:
 
 def _decimal(value: Any) -> Decimal:
     """An amount as a Decimal, for exact arithmetic in a template (Jinja has only float)."""
-    if isinstance(value, Decimal):
-        return value
-    try:
-        amount = Decimal(str(value).strip())
-    except ArithmeticError:
-        raise ValueError(f"{value!r} is not a decimal amount") from None
-    if not amount.is_finite():
-        raise ValueError(f"{value!r} is not a finite amount")
-    return amount
+    return value if isinstance(value, Decimal) else decimal_amount(str(value).strip())
 
 
 @pass_context

@@ -8,12 +8,16 @@ worker, and its single connection is not held while the broker confirms.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.ledger.schema import decisions
-from service.ledger.store import SqlLedger
+
+if TYPE_CHECKING:
+    from service.ledger.store import SqlLedger
 
 Publish = Callable[[list[tuple[int, str]]], Awaitable[None]]  # (decision id, outcome JSON)
 
@@ -27,12 +31,25 @@ async def relay_pending(ledger: SqlLedger, limit: int, publish: Publish) -> int:
             await ledger.mark_published([row_id for row_id, _ in rows])
         return len(rows)
     async with ledger.engine.begin() as conn:
-        found = await conn.execute(select(decisions.c.id, decisions.c.outcome).where(
-            decisions.c.published.is_(False)).order_by(decisions.c.id).limit(limit)
-            .with_for_update(skip_locked=True))
-        rows = [(row.id, row.outcome) for row in found]
+        rows = await read_unpublished(conn, limit, lock=True)
         if rows:
             await publish(rows)
-            await conn.execute(update(decisions).where(
-                decisions.c.id.in_([row_id for row_id, _ in rows])).values(published=True))
+            await write_published(conn, [row_id for row_id, _ in rows])
     return len(rows)
+
+
+async def read_unpublished(conn: AsyncConnection, limit: int,
+                           lock: bool = False) -> list[tuple[int, str]]:
+    """The oldest ``limit`` outcomes not yet published, (decision id, outcome JSON); with
+    ``lock``, each stays locked until the transaction ends, and rows locked by another
+    transaction are skipped (PostgreSQL)."""
+    query = select(decisions.c.id, decisions.c.outcome).where(
+        decisions.c.published.is_(False)).order_by(decisions.c.id).limit(limit)
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return [(row.id, row.outcome) for row in await conn.execute(query)]
+
+
+async def write_published(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    await conn.execute(update(decisions).where(decisions.c.id.in_(list(ids)))
+                       .values(published=True))

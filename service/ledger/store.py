@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from service.ledger.migrations import migrate
+from service.ledger.pending import read_unpublished, write_published
 from service.ledger.schema import (
     CLAIMED,
     WAITING,
@@ -276,14 +277,11 @@ class SqlLedger:
 
     async def unpublished(self, limit: int) -> list[tuple[int, str]]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(decisions.c.id, decisions.c.outcome).where(
-                decisions.c.published.is_(False)).order_by(decisions.c.id).limit(limit))
-            return [(r.id, r.outcome) for r in rows]
+            return await read_unpublished(conn, limit)
 
     async def mark_published(self, ids: Sequence[int]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(decisions).where(decisions.c.id.in_(list(ids)))
-                               .values(published=True))
+            await write_published(conn, ids)
 
     async def notice(self, notice_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
