@@ -69,8 +69,8 @@ class EventCache:
         if isinstance(event, Escalated):
             return event, event
         if isinstance(event, PaymentReceived):
-            async with self.ledger.engine.connect() as conn:
-                body = await self.ledger.latest_escalation(conn, notice["account_id"])
+            body = await self.ledger.read(
+                lambda conn: self.ledger.latest_escalation(conn, notice["account_id"]))
             escalation = validate_event(body) if body else None
             if isinstance(escalation, Escalated):
                 return event, escalation

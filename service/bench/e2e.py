@@ -200,7 +200,6 @@ async def seed_waiting(settings: Settings, count: int, run: str) -> None:
                      "reason": "quiet_hours", "due_at": later, "attempts": 0,
                      "conversation": False, "created_at": now, "updated_at": now}
                     for i in range(start, min(start + 5000, count))]
-            async with ledger.engine.begin() as conn:
-                await conn.execute(insert(notices), rows)
+            await ledger.execute(insert(notices), rows)
     finally:
         await ledger.aclose()

@@ -14,12 +14,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.bench.common import free_port
 from service.bench.e2e import OutcomeWatcher, WorkerProcess, capacity
 from service.bench.env import BenchEnv
-from service.ledger import async_url
+from service.ledger import SqlLedger
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -41,15 +40,13 @@ def postgres_url(env: BenchEnv) -> str:
 @asynccontextmanager
 async def schema(url: str) -> AsyncIterator[str]:
     name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(async_url(url))
+    admin = SqlLedger.from_url(url)
     try:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{name}"'))
+        await admin.execute(text(f'CREATE SCHEMA "{name}"'))
         yield name
     finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
-        await admin.dispose()
+        await admin.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        await admin.aclose()
 
 
 async def _capacity_with(env: BenchEnv, url: str, workers: int, count: int) -> float:
@@ -79,7 +76,7 @@ async def measure_scaling(env: BenchEnv, count: int) -> Scaling:
         return Scaling(None, None, "not measured (--quick)")
     url = postgres_url(env)
     try:
-        import asyncpg  # noqa: F401
+        import psycopg  # noqa: F401
     except ImportError:
         return Scaling(None, None, "not measured: pip install 'dunning[postgres]'")
     one = await _capacity_with(env, url, 1, count)

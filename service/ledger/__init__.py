@@ -1,7 +1,7 @@
 """The delivery ledger: the durable state of every notice (SQLite or PostgreSQL)."""
 
 from service.ledger.ingest import Accepted, Ingest, IngestReport, normalise_destination
-from service.ledger.store import LedgerUnavailable, SqlLedger, async_url
+from service.ledger.store import LedgerUnavailable, SqlLedger, driver_url
 
-__all__ = ["Accepted", "Ingest", "IngestReport", "LedgerUnavailable", "SqlLedger", "async_url",
+__all__ = ["Accepted", "Ingest", "IngestReport", "LedgerUnavailable", "SqlLedger", "driver_url",
            "normalise_destination"]

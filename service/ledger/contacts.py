@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, or_, select, text, update
 
 from service.ledger.schema import CLAIMED, WAITING, notices
 from service.ledger.store import SqlLedger
@@ -28,19 +27,19 @@ Judge = Callable[[list[Contact]], Decision]
 LEASE_LOST = Decision("suppress", "lease_lost", "ledger")
 
 
-async def _lock_debtor(conn: AsyncConnection, dialect: str, debtor_id: str) -> None:
+def _lock_debtor(conn: Connection, dialect: str, debtor_id: str) -> None:
     if dialect == "postgresql":
         key = zlib.crc32(debtor_id.encode()) - 2**31
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-async def contact_history(conn: AsyncConnection, notice: dict[str, Any], destination: str | None,
+def contact_history(conn: Connection, notice: dict[str, Any], destination: str | None,
                           now: datetime) -> list[Contact]:
     scope = [notices.c.debtor_id == notice["debtor_id"],
              notices.c.account_id == notice["account_id"]]
     if destination:
         scope.append(notices.c.destination == destination)
-    rows = await conn.execute(select(
+    rows = conn.execute(select(
         notices.c.contact_at, notices.c.channel, notices.c.account_id, notices.c.debtor_id,
         notices.c.destination, notices.c.conversation).where(and_(
             or_(*scope), notices.c.contact_at.is_not(None),
@@ -58,40 +57,41 @@ async def decide_contact(ledger: SqlLedger, notice: dict[str, Any], destination:
     A notice let go keeps its lease for ``lease_s`` more from now: the send that follows
     must start and end inside it, or another worker may take the notice over.
     """
-    async with ledger.engine.begin() as conn:
-        await _lock_debtor(conn, ledger.dialect, notice["debtor_id"])
-        decision = judge(await contact_history(conn, notice, destination, now))
-        if await _apply(conn, ledger, notice, destination, decision, now, owner, lease_s):
+    def work(conn: Connection) -> Decision:
+        _lock_debtor(conn, ledger.dialect, notice["debtor_id"])
+        decision = judge(contact_history(conn, notice, destination, now))
+        if _apply(conn, ledger, notice, destination, decision, now, owner, lease_s):
             return decision
         return LEASE_LOST
+    return await ledger.write(work)
 
 
-async def _apply(conn: AsyncConnection, ledger: SqlLedger, notice: dict[str, Any],
+def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any],
                  destination: str, decision: Decision, now: datetime, owner: str,
                  lease_s: float) -> bool:
     """Record one verdict on a notice this owner holds; False if its lease was lost."""
     mine = and_(notices.c.notice_id == notice["notice_id"], notices.c.state == CLAIMED,
                 notices.c.lease_owner == owner)
     if decision.sends:
-        done = await conn.execute(update(notices).where(mine).values(
+        done = conn.execute(update(notices).where(mine).values(
             contact_at=now, destination=destination, updated_at=now,
             lease_until=now + timedelta(seconds=lease_s)))
     elif decision.verdict == "defer":
         assert decision.not_before is not None
-        done = await conn.execute(update(notices).where(mine).values(
+        done = conn.execute(update(notices).where(mine).values(
             state=WAITING, due_at=decision.not_before, reason=decision.reason,
             destination=destination, lease_owner=None, lease_until=None, updated_at=now))
         if done.rowcount:
             outcome = outcome_for(notice, "deferred", now, reason=decision.reason,
                                   not_before=decision.not_before)
-            await ledger.add_decision(conn, notice, "deferred", now, reason=decision.reason,
+            ledger.add_decision(conn, notice, "deferred", now, reason=decision.reason,
                                       rule=decision.rule, outcome=outcome)
     else:
-        done = await conn.execute(update(notices).where(mine).values(destination=destination))
+        done = conn.execute(update(notices).where(mine).values(destination=destination))
         if done.rowcount:
-            await ledger._finish(conn, notice, "suppressed", now, reason=decision.reason,
-                                 rule=decision.rule, provider=None, provider_id=None,
-                                 owner=owner)
+            ledger.finish_in(conn, notice, "suppressed", now, reason=decision.reason,
+                                rule=decision.rule, provider=None, provider_id=None,
+                                owner=owner)
     return bool(done.rowcount)
 
 
@@ -114,22 +114,23 @@ async def decide_contacts(ledger: SqlLedger, requests: list[ContactRequest], now
     """
     if not requests:
         return []
-    async with ledger.engine.begin() as conn:
+    def work(conn: Connection) -> list[Decision]:
         for debtor_id in sorted({r.notice["debtor_id"] for r in requests}):
-            await _lock_debtor(conn, ledger.dialect, debtor_id)
-        history = await _batch_history(conn, requests, now)
+            _lock_debtor(conn, ledger.dialect, debtor_id)
+        history = _batch_history(conn, requests, now)
         decisions = [_judge_in_turn(request, history, now) for request in requests]
-        sent = await _let_go(conn, [r for r, d in zip(requests, decisions, strict=True)
-                                    if d.sends], now, owner, lease_s)
+        sent = _let_go(conn, [r for r, d in zip(requests, decisions, strict=True) if d.sends],
+                       now, owner, lease_s)
         final = []
         for request, decision in zip(requests, decisions, strict=True):
             if decision.sends:
                 done = request.notice["notice_id"] in sent
             else:
-                done = await _apply(conn, ledger, request.notice, request.destination,
-                                    decision, now, owner, lease_s)
+                done = _apply(conn, ledger, request.notice, request.destination, decision, now,
+                              owner, lease_s)
             final.append(decision if done else LEASE_LOST)
         return final
+    return await ledger.write(work)
 
 
 def _judge_in_turn(request: ContactRequest, history: list[tuple[str, Contact]],
@@ -146,61 +147,65 @@ def _judge_in_turn(request: ContactRequest, history: list[tuple[str, Contact]],
     return decision
 
 
-async def _batch_history(conn: AsyncConnection, requests: list[ContactRequest],
-                         now: datetime) -> list[tuple[str, Contact]]:
-    debtors = list({r.notice["debtor_id"] for r in requests})
-    accounts = list({r.notice["account_id"] for r in requests})
-    destinations = list({r.destination for r in requests})
-    rows = await conn.execute(select(
-        notices.c.notice_id, notices.c.contact_at, notices.c.channel, notices.c.account_id,
-        notices.c.debtor_id, notices.c.destination, notices.c.conversation).where(and_(
-            or_(notices.c.debtor_id.in_(debtors), notices.c.account_id.in_(accounts),
-                notices.c.destination.in_(destinations)),
-            notices.c.contact_at.is_not(None),
-            notices.c.contact_at > now - timedelta(days=HISTORY_DAYS),
-            notices.c.state.in_((CLAIMED, "sent")))))
+# the statements of every batch, built once: building one costs more than running it
+_HISTORY = select(
+    notices.c.notice_id, notices.c.contact_at, notices.c.channel, notices.c.account_id,
+    notices.c.debtor_id, notices.c.destination, notices.c.conversation).where(and_(
+        or_(notices.c.debtor_id.in_(bindparam("debtors", expanding=True)),
+            notices.c.account_id.in_(bindparam("accounts", expanding=True)),
+            notices.c.destination.in_(bindparam("destinations", expanding=True))),
+        notices.c.contact_at.is_not(None), notices.c.contact_at > bindparam("since"),
+        notices.c.state.in_((CLAIMED, "sent"))))
+_LET_GO = update(notices).where(and_(
+    notices.c.notice_id.in_(bindparam("ids", expanding=True)), notices.c.state == CLAIMED,
+    notices.c.lease_owner == bindparam("owner"))).values(
+    contact_at=bindparam("now"), updated_at=bindparam("now"),
+    lease_until=bindparam("until")).returning(notices.c.notice_id)
+_DESTINATION = update(notices).where(notices.c.notice_id == bindparam("id")).values(
+    destination=bindparam("destination"))
+
+
+def _batch_history(conn: Connection, requests: list[ContactRequest],
+                   now: datetime) -> list[tuple[str, Contact]]:
+    rows = conn.execute(_HISTORY, {
+        "debtors": list({r.notice["debtor_id"] for r in requests}),
+        "accounts": list({r.notice["account_id"] for r in requests}),
+        "destinations": list({r.destination for r in requests}),
+        "since": now - timedelta(days=HISTORY_DAYS)})
     return [(r.notice_id, Contact(r.contact_at, r.channel, r.account_id, r.debtor_id,
                                   r.destination, bool(r.conversation))) for r in rows]
 
 
-async def _let_go(conn: AsyncConnection, requests: list[ContactRequest], now: datetime,
-                  owner: str, lease_s: float) -> set[str]:
+def _let_go(conn: Connection, requests: list[ContactRequest], now: datetime,
+            owner: str, lease_s: float) -> set[str]:
     """Mark the notices allowed to go as contacts now, in one statement; the ids marked."""
     if not requests:
         return set()
-    ids = [r.notice["notice_id"] for r in requests]
-    destination = case({r.notice["notice_id"]: r.destination for r in requests},
-                       value=notices.c.notice_id, else_=notices.c.destination)
-    rows = await conn.execute(update(notices).where(and_(
-        notices.c.notice_id.in_(ids), notices.c.state == CLAIMED,
-        notices.c.lease_owner == owner)).values(
-        contact_at=now, destination=destination, updated_at=now,
-        lease_until=now + timedelta(seconds=lease_s)).returning(notices.c.notice_id))
-    return {row.notice_id for row in rows}
+    marked = {row.notice_id for row in conn.execute(_LET_GO, {
+        "ids": [r.notice["notice_id"] for r in requests], "owner": owner, "now": now,
+        "until": now + timedelta(seconds=lease_s)})}
+    if marked:
+        conn.execute(_DESTINATION, [{"id": r.notice["notice_id"], "destination": r.destination}
+                                    for r in requests if r.notice["notice_id"] in marked])
+    return marked
 
 
 async def record_delivery(ledger: SqlLedger, provider_id: str, status: str,
                           at: datetime, conversation: bool) -> bool:
     """A provider's status callback: kept on the notice and in its timeline."""
-    async with ledger.engine.begin() as conn:
-        row = (await conn.execute(select(notices).where(
-            notices.c.provider_id == provider_id))).first()
+    def work(conn: Connection) -> bool:
+        row = conn.execute(select(notices).where(notices.c.provider_id == provider_id)).first()
         if row is None:
             return False
         values: dict[str, Any] = {"delivery_status": status, "updated_at": at}
         if conversation:
             values["conversation"] = True
-        await conn.execute(update(notices).where(notices.c.notice_id == row.notice_id)
-                           .values(**values))
-        await ledger.add_decision(conn, dict(row._mapping), "delivery", at, reason=status,
-                                  rule="provider_callback")
+        conn.execute(update(notices).where(notices.c.notice_id == row.notice_id)
+                     .values(**values))
+        ledger.add_decision(conn, dict(row._mapping), "delivery", at, reason=status,
+                            rule="provider_callback")
         return True
-
-
-async def release_contact(conn: AsyncConnection, notice_id: str) -> None:
-    """A send that did not happen (retry, failure) no longer counts as a contact."""
-    await conn.execute(update(notices).where(notices.c.notice_id == notice_id)
-                       .values(contact_at=None))
+    return await ledger.write(work)
 
 
 async def record_opt_out(ledger: SqlLedger, channel: str, destination: str,
@@ -208,7 +213,6 @@ async def record_opt_out(ledger: SqlLedger, channel: str, destination: str,
     """An opt-out (an event, or an inbound STOP): that destination gets nothing more there."""
     from service.ledger.schema import opt_outs
 
-    async with ledger.engine.begin() as conn:
-        await conn.execute(ledger.insert_ignore(opt_outs).values(
-            channel=channel, destination=destination, debtor_id=debtor_id,
-            event_id=source_id, at=at))
+    await ledger.execute(ledger.insert_ignore(opt_outs).values(
+        channel=channel, destination=destination, debtor_id=debtor_id, event_id=source_id,
+        at=at))

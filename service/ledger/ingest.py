@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, select, update
 
 from service.events import AnyEvent, Escalated, Hold, HoldReleased, OptedOut, PaymentReceived
 from service.ledger.schema import WAITING, accounts, events, holds, notices, opt_outs
@@ -50,6 +49,10 @@ def _ids(event: AnyEvent) -> tuple[str | None, str | None]:
     return event.account.account_id, None
 
 
+_ACCOUNTS = select(accounts.c.account_id, accounts.c.escalated_at).where(
+    accounts.c.account_id.in_(bindparam("ids", expanding=True)))  # built once
+
+
 class Ingest:
     """Applies accepted events to the ledger, in arrival order, in one transaction."""
 
@@ -57,25 +60,27 @@ class Ingest:
         self.ledger = ledger
 
     async def apply(self, batch: list[Accepted], now: datetime) -> IngestReport:
+        return await self.ledger.write(lambda conn: self._apply(conn, batch, now))
+
+    def _apply(self, conn: Connection, batch: list[Accepted], now: datetime) -> IngestReport:
         report = IngestReport()
-        async with self.ledger.engine.begin() as conn:
-            new = await self._record_events(conn, batch, now)
-            report.duplicates = len(batch) - len(new)
-            report.new_events = len(new)
-            # consecutive escalations are written together; any other event in its turn
-            run: list[Accepted] = []
-            for item in new:
-                if isinstance(item.event, Escalated):
-                    run.append(item)
-                    continue
-                report.notices += await self._escalations(conn, run, now)
-                run = []
-                await self._apply_one(conn, item, now, report)
-            report.notices += await self._escalations(conn, run, now)
+        new = self._record_events(conn, batch, now)
+        report.duplicates = len(batch) - len(new)
+        report.new_events = len(new)
+        # consecutive escalations are written together; any other event in its turn
+        run: list[Accepted] = []
+        for item in new:
+            if isinstance(item.event, Escalated):
+                run.append(item)
+                continue
+            report.notices += self._escalations(conn, run, now)
+            run = []
+            self._apply_one(conn, item, now, report)
+        report.notices += self._escalations(conn, run, now)
         return report
 
-    async def _record_events(self, conn: AsyncConnection, batch: list[Accepted],
-                             now: datetime) -> list[Accepted]:
+    def _record_events(self, conn: Connection, batch: list[Accepted],
+                       now: datetime) -> list[Accepted]:
         """Insert the batch's events in one statement; the items that were new, in order."""
         rows = []
         for item in batch:
@@ -86,8 +91,8 @@ class Ingest:
                          "body": item.body})
         if not rows:
             return []
-        inserted = {row.event_id for row in await conn.execute(
-            self.ledger.insert_ignore(events).returning(events.c.event_id), rows)}
+        inserted = {row.event_id for row in conn.execute(
+            self.ledger.insert_ignore(events, events.c.event_id), rows)}
         new = []
         for item in batch:  # an event twice in one batch: the first one is the new one
             if item.event.event_id in inserted:
@@ -95,36 +100,31 @@ class Ingest:
                 new.append(item)
         return new
 
-    async def _escalations(self, conn: AsyncConnection, run: list[Accepted],
-                           now: datetime) -> int:
+    def _escalations(self, conn: Connection, run: list[Accepted], now: datetime) -> int:
         """A run of escalations: their accounts, then all their notices in one statement."""
         if not run:
             return 0
-        await self._remember_accounts(conn, [item.event for item in run
-                                             if isinstance(item.event, Escalated)])
+        self._remember_accounts(conn, [item.event for item in run
+                                       if isinstance(item.event, Escalated)])
         rows = []
         for item in run:
             assert isinstance(item.event, Escalated)
             debtor = item.event.debtor
             rows.extend(self._notice_rows(item, item.event.account.account_id,
                                           debtor.debtor_id, debtor.locale, now))
-        return await self._insert_notices(conn, rows)
+        return self._insert_notices(conn, rows)
 
-    async def _insert_notices(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+    def _insert_notices(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
         """Insert notice rows (batched by the driver); how many were new."""
         if not rows:
             return 0
-        inserted = await conn.execute(
-            self.ledger.insert_ignore(notices).returning(notices.c.notice_id), rows)
+        inserted = conn.execute(self.ledger.insert_ignore(notices, notices.c.notice_id), rows)
         return len(inserted.all())
 
-    async def _remember_accounts(self, conn: AsyncConnection,
-                                 escalations: list[Escalated]) -> None:
+    def _remember_accounts(self, conn: Connection, escalations: list[Escalated]) -> None:
         """Each account's latest escalation, as one by one in arrival order would leave it."""
         ids = list({e.account.account_id for e in escalations})
-        known = {r.account_id: r.escalated_at for r in await conn.execute(
-            select(accounts.c.account_id, accounts.c.escalated_at).where(
-                accounts.c.account_id.in_(ids)))}
+        known = {r.account_id: r.escalated_at for r in conn.execute(_ACCOUNTS, {"ids": ids})}
         latest: dict[str, Escalated] = {}
         for event in escalations:
             account_id = event.account.account_id
@@ -135,40 +135,40 @@ class Ingest:
         fresh = [{"account_id": a, "event_id": e.event_id, "escalated_at": e.occurred_at}
                  for a, e in latest.items() if a not in known]
         if fresh:
-            await conn.execute(self.ledger.insert_ignore(accounts), fresh)
+            conn.execute(self.ledger.insert_ignore(accounts), fresh)
         for account_id, event in latest.items():
             if account_id in known:
-                await conn.execute(update(accounts).where(accounts.c.account_id == account_id)
+                conn.execute(update(accounts).where(accounts.c.account_id == account_id)
                                    .values(event_id=event.event_id,
                                            escalated_at=event.occurred_at))
 
-    async def _apply_one(self, conn: AsyncConnection, item: Accepted, now: datetime,
-                         report: IngestReport) -> None:
+    def _apply_one(self, conn: Connection, item: Accepted, now: datetime,
+                   report: IngestReport) -> None:
         event = item.event
         if isinstance(event, Escalated):  # escalations go in runs: see apply()
             raise AssertionError("escalations are applied by _escalations")
         if isinstance(event, PaymentReceived):
-            report.cancelled += await self._cancel_waiting(
+            report.cancelled += self._cancel_waiting(
                 conn, event.account.account_id, "payment_received", now,
                 before=event.occurred_at, collection_only=True)
-            await self._payment_notices(conn, item, event, now, report)
+            self._payment_notices(conn, item, event, now, report)
         elif isinstance(event, Hold):
-            await self._hold(conn, event)
-            report.cancelled += await self._cancel_waiting(
+            self._hold(conn, event)
+            report.cancelled += self._cancel_waiting(
                 conn, event.account.account_id, f"hold:{event.reason}", now)
         elif isinstance(event, HoldReleased):
-            await conn.execute(update(holds).where(and_(
+            conn.execute(update(holds).where(and_(
                 holds.c.account_id == event.account.account_id, holds.c.reason == event.reason,
                 holds.c.since <= event.occurred_at)).values(released_at=event.occurred_at))
         elif isinstance(event, OptedOut):
-            await conn.execute(self.ledger.insert_ignore(opt_outs).values(
+            conn.execute(self.ledger.insert_ignore(opt_outs).values(
                 channel=event.channel,
                 destination=normalise_destination(event.channel, event.destination),
                 debtor_id=event.debtor.debtor_id, event_id=event.event_id, at=event.occurred_at))
 
-    async def _add_notices(self, conn: AsyncConnection, item: Accepted, account_id: str,
-                           debtor_id: str, locale: str, now: datetime) -> int:
-        return await self._insert_notices(
+    def _add_notices(self, conn: Connection, item: Accepted, account_id: str,
+                     debtor_id: str, locale: str, now: datetime) -> int:
+        return self._insert_notices(
             conn, self._notice_rows(item, account_id, debtor_id, locale, now))
 
     @staticmethod
@@ -181,46 +181,46 @@ class Ingest:
                  "state": WAITING, "due_at": now, "attempts": 0, "created_at": now,
                  "updated_at": now, "conversation": False} for step in item.steps]
 
-    async def _payment_notices(self, conn: AsyncConnection, item: Accepted,
-                               event: PaymentReceived, now: datetime,
-                               report: IngestReport) -> None:
+    def _payment_notices(self, conn: Connection, item: Accepted,
+                         event: PaymentReceived, now: datetime,
+                         report: IngestReport) -> None:
         if not item.steps:
             return
-        snapshot = await self.ledger.latest_escalation(conn, event.account.account_id)
+        snapshot = self.ledger.latest_escalation(conn, event.account.account_id)
         if snapshot is None:
             return  # no escalation known for the account: nobody to thank, nothing to send
         debtor = snapshot["debtor"]
-        report.notices += await self._add_notices(
+        report.notices += self._add_notices(
             conn, item, event.account.account_id, debtor["debtor_id"],
             debtor.get("locale") or "en-US", now)
 
-    async def _hold(self, conn: AsyncConnection, event: Hold) -> None:
+    def _hold(self, conn: Connection, event: Hold) -> None:
         key = and_(holds.c.account_id == event.account.account_id,
                    holds.c.reason == event.reason)
-        found = (await conn.execute(select(holds.c.since).where(key))).first()
+        found = (conn.execute(select(holds.c.since).where(key))).first()
         if found is None:
-            await conn.execute(holds.insert().values(
+            conn.execute(holds.insert().values(
                 account_id=event.account.account_id, reason=event.reason,
                 event_id=event.event_id, since=event.occurred_at, released_at=None))
         else:
-            await conn.execute(update(holds).where(key).values(
+            conn.execute(update(holds).where(key).values(
                 event_id=event.event_id, since=event.occurred_at, released_at=None))
 
-    async def _cancel_waiting(self, conn: AsyncConnection, account_id: str, reason: str,
-                              now: datetime, *, before: datetime | None = None,
-                              collection_only: bool = False) -> int:
+    def _cancel_waiting(self, conn: Connection, account_id: str, reason: str,
+                        now: datetime, *, before: datetime | None = None,
+                        collection_only: bool = False) -> int:
         where: list[Any] = [notices.c.account_id == account_id, notices.c.state == WAITING]
         if before is not None:
             where.append(notices.c.escalation_at < before)
         if collection_only:
             where.append(notices.c.stage != ON_PAYMENT)
-        rows = [row_dict(r) for r in await conn.execute(select(notices).where(and_(*where)))]
+        rows = [row_dict(r) for r in conn.execute(select(notices).where(and_(*where)))]
         for notice in rows:
-            await conn.execute(update(notices).where(and_(
+            conn.execute(update(notices).where(and_(
                 notices.c.notice_id == notice["notice_id"], notices.c.state == WAITING))
                 .values(state="cancelled", reason=reason, updated_at=now))
             outcome = outcome_for(notice, "cancelled", now, reason=reason)
-            await self.ledger.add_decision(conn, notice, "cancelled", now, reason=reason,
+            self.ledger.add_decision(conn, notice, "cancelled", now, reason=reason,
                                            rule="hold" if reason.startswith("hold:") else
                                            "payment", outcome=outcome)
         return len(rows)

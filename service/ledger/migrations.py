@@ -8,64 +8,56 @@ advisory lock, and every step is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.ledger.schema import SCHEMA_VERSION, meta, metadata, notices
 
 MIGRATION_LOCK = 0x64756E6E  # "dunn": the advisory lock key of schema changes
 
 
-async def _add_notice_columns(conn: AsyncConnection) -> None:
+def _add_notice_columns(conn: Connection) -> None:
     """v2: what the contact rules count and what provider callbacks report."""
-    def existing(sync_conn: Connection) -> set[str]:
-        return {c["name"] for c in inspect(sync_conn).get_columns("notices")}
-
-    have = await conn.run_sync(existing)
+    have = {c["name"] for c in inspect(conn).get_columns("notices")}
     for name in ("destination", "contact_at", "delivery_status", "conversation"):
         if name in have:
             continue
         column = notices.c[name]
         kind = column.type.compile(dialect=conn.dialect)
         default = " NOT NULL DEFAULT FALSE" if name == "conversation" else ""
-        await conn.execute(text(f"ALTER TABLE notices ADD COLUMN {name} {kind}{default}"))
-    def create_indexes(sync_conn: Connection) -> None:
-        for index in notices.indexes:
-            index.create(sync_conn, checkfirst=True)
-
-    await conn.run_sync(create_indexes)
+        conn.execute(text(f"ALTER TABLE notices ADD COLUMN {name} {kind}{default}"))
+    for index in notices.indexes:
+        index.create(conn, checkfirst=True)
 
 
 # version -> the step that brings a ledger from the version before to it
-MIGRATIONS: dict[int, Callable[[AsyncConnection], Awaitable[None]]] = {
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_notice_columns,
 }
 
 
-async def current_version(conn: AsyncConnection) -> int | None:
-    found = (await conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")))
-    value = found.scalar()
+def current_version(conn: Connection) -> int | None:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
     return int(value) if value is not None else None
 
 
-async def migrate(conn: AsyncConnection) -> tuple[int | None, int]:
+def migrate(conn: Connection) -> tuple[int | None, int]:
     """Create or bring the schema forward; (version found, version now)."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-    has_meta = await conn.run_sync(lambda c: inspect(c).has_table("dunning_meta"))
-    found = await current_version(conn) if has_meta else None
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    has_meta = inspect(conn).has_table("dunning_meta")
+    found = current_version(conn) if has_meta else None
     if found is None:
-        await conn.run_sync(metadata.create_all)
-        await conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        metadata.create_all(conn)
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         return None, SCHEMA_VERSION
     if found > SCHEMA_VERSION:
         raise RuntimeError(f"the ledger's schema is version {found}; this worker knows "
                            f"{SCHEMA_VERSION}: upgrade the worker")
     for version in range(found + 1, SCHEMA_VERSION + 1):
-        await MIGRATIONS[version](conn)
-        await conn.execute(update(meta).where(meta.c.key == "schema_version")
+        MIGRATIONS[version](conn)
+        conn.execute(update(meta).where(meta.c.key == "schema_version")
                            .values(value=str(version)))
-    await conn.run_sync(metadata.create_all)  # tables added since, with their indexes
+    metadata.create_all(conn)  # tables added since, with their indexes
     return found, SCHEMA_VERSION

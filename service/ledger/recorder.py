@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from service.ledger.schema import CLAIMED, UtcDateTime, decisions, notices
 from service.ledger.store import SqlLedger
@@ -51,14 +50,16 @@ def _terminal_update(sent: bool) -> Any:
         contact_at=contact_at)
 
 
-async def _still_mine(conn: AsyncConnection, dialect: str, ids: list[str],
-                      owner: str) -> set[str]:
-    query = select(notices.c.notice_id).where(and_(
-        notices.c.notice_id.in_(ids), notices.c.lease_owner == owner,
-        notices.c.state == CLAIMED))
-    if dialect == "postgresql":
-        query = query.with_for_update()
-    return {row.notice_id for row in await conn.execute(query)}
+_STILL_MINE = select(notices.c.notice_id).where(and_(
+    notices.c.notice_id.in_(bindparam("ids", expanding=True)),
+    notices.c.lease_owner == bindparam("owner"), notices.c.state == CLAIMED))
+_STILL_MINE_LOCKED = _STILL_MINE.with_for_update()
+_INSERT_DECISIONS = decisions.insert()
+
+
+def _still_mine(conn: Connection, dialect: str, ids: list[str], owner: str) -> set[str]:
+    query = _STILL_MINE_LOCKED if dialect == "postgresql" else _STILL_MINE
+    return {row.notice_id for row in conn.execute(query, {"ids": ids, "owner": owner})}
 
 
 def _decision_row(item: Finish) -> dict[str, Any]:
@@ -71,19 +72,24 @@ def _decision_row(item: Finish) -> dict[str, Any]:
             "outcome": outcome.to_json(), "published": False}
 
 
+TERMINAL_UPDATE = {sent: _terminal_update(sent) for sent in (True, False)}
+
+
 async def finish_group(ledger: SqlLedger, items: list[Finish], owner: str) -> list[bool]:
     """Move claimed notices to their terminal states in one transaction; False for a notice
     whose lease was lost meanwhile (it is left alone)."""
-    async with ledger.engine.begin() as conn:
-        mine = await _still_mine(conn, ledger.dialect, [i.notice["notice_id"] for i in items],
-                                 owner)
+    def work(conn: Connection) -> set[str]:
+        mine = _still_mine(conn, ledger.dialect, [i.notice["notice_id"] for i in items], owner)
         ours = [item for item in items if item.notice["notice_id"] in mine]
         for sent in (True, False):
             rows = [_values(item) for item in ours if (item.status == "sent") is sent]
             if rows:
-                await conn.execute(_terminal_update(sent), rows)
+                conn.execute(TERMINAL_UPDATE[sent], rows)
         if ours:
-            await conn.execute(decisions.insert(), [_decision_row(item) for item in ours])
+            conn.execute(_INSERT_DECISIONS, [_decision_row(item) for item in ours])
+        return mine
+
+    mine = await ledger.write(work)
     return [item.notice["notice_id"] in mine for item in items]
 
 

@@ -17,8 +17,6 @@ BUCKETS = (("due", timedelta(0)), ("1m", timedelta(minutes=1)), ("1h", timedelta
 async def waiting_by_bucket(ledger: SqlLedger, now: datetime) -> dict[str, int]:
     bucket = case(*((notices.c.due_at <= now + span, name) for name, span in BUCKETS),
                   else_="later")
-    async with ledger.engine.connect() as conn:
-        rows = await conn.execute(select(bucket, func.count()).where(
-            notices.c.state == WAITING).group_by(bucket))
-        found = {str(name): int(count) for name, count in rows}
+    found = await ledger.read(lambda conn: {str(name): int(count) for name, count in conn.execute(
+        select(bucket, func.count()).where(notices.c.state == WAITING).group_by(bucket))})
     return {name: found.get(name, 0) for name, _ in (*BUCKETS, ("later", None))}

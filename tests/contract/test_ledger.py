@@ -181,23 +181,24 @@ async def test_times_come_back_aware_in_utc(ledger: SqlLedger) -> None:
 
 
 async def test_a_version_1_ledger_is_migrated_forward(ledger: SqlLedger) -> None:
-    from sqlalchemy import text
+    from sqlalchemy import Connection, text
 
     from service.ledger.schema import SCHEMA_VERSION
 
-    async with ledger.engine.begin() as conn:  # make it look like the first release's ledger
+    def first_release(conn: Connection) -> None:  # make it look like the first release's
         for name in ("ix_notices_debtor_contact", "ix_notices_account_contact",
                      "ix_notices_provider_id"):
-            await conn.execute(text(f"DROP INDEX {name}"))
+            conn.execute(text(f"DROP INDEX {name}"))
         for column in ("destination", "contact_at", "delivery_status", "conversation"):
-            await conn.execute(text(f"ALTER TABLE notices DROP COLUMN {column}"))
-        await conn.execute(text("UPDATE dunning_meta SET value = '1' WHERE key = 'schema_version'"))
+            conn.execute(text(f"ALTER TABLE notices DROP COLUMN {column}"))
+        conn.execute(text("UPDATE dunning_meta SET value = '1' WHERE key = 'schema_version'"))
+
+    await ledger.write(first_release)
     await ledger.create()
     await ledger.create()  # idempotent
     await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
     notice = (await ledger.claim("a", NOW, 1, 60))[0]
     assert notice["contact_at"] is None and notice["conversation"] is False
-    async with ledger.engine.connect() as conn:
-        version = (await conn.execute(text(
-            "SELECT value FROM dunning_meta WHERE key = 'schema_version'"))).scalar()
+    version = await ledger.read(lambda conn: conn.execute(text(
+        "SELECT value FROM dunning_meta WHERE key = 'schema_version'")).scalar())
     assert version == str(SCHEMA_VERSION) == "2"

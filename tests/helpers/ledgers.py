@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, func, select, text
 
-from service.ledger import SqlLedger, async_url
+from service.ledger import SqlLedger
+from service.ledger.schema import TERMINAL, decisions, notices
 
 POSTGRES_URL = os.environ.get("DUNNING_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
@@ -21,15 +22,13 @@ POSTGRES_URL = os.environ.get("DUNNING_TEST_POSTGRES_URL",
 async def postgres_schema() -> AsyncIterator[tuple[str, str]]:
     """A schema of its own for one test; yields (url, schema) and drops it afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(async_url(POSTGRES_URL))
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin = SqlLedger.from_url(POSTGRES_URL)
+    await admin.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
         yield POSTGRES_URL, schema
     finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+        await admin.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.aclose()
 
 
 @asynccontextmanager
@@ -43,11 +42,20 @@ async def make_ledger(kind: str, tmp_path: Path) -> AsyncIterator[SqlLedger]:
             await ledger.aclose()
         return
     async with postgres_schema() as (url, schema):
-        engine = create_async_engine(async_url(url), connect_args={
-            "server_settings": {"search_path": schema}})
-        ledger = SqlLedger(engine)
+        ledger = SqlLedger.from_url(url, schema)
         await ledger.create()
         try:
             yield ledger
         finally:
             await ledger.aclose()
+
+
+async def ledger_states(ledger: SqlLedger) -> tuple[dict[str, int], Counter[str]]:
+    """Notices by state, and terminal decisions by notice."""
+    def counts(conn: Connection) -> tuple[dict[str, int], Counter[str]]:
+        states = dict(conn.execute(select(notices.c.state, func.count())
+                                   .group_by(notices.c.state)).all())
+        terminal = Counter(conn.execute(select(decisions.c.notice_id).where(
+            decisions.c.status.in_(TERMINAL))).scalars())
+        return states, terminal
+    return await ledger.read(counts)

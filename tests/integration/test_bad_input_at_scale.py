@@ -66,8 +66,8 @@ async def test_every_message_is_recorded_or_dead_lettered(
     ledger = SqlLedger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
         for _ in range(600):
-            async with ledger.engine.connect() as conn:
-                seen = set((await conn.execute(select(events.c.event_id))).scalars())
+            seen = set(await ledger.read(lambda conn: conn.execute(
+                select(events.c.event_id)).scalars().all()))
             if marker["event_id"] in seen:
                 break
             await asyncio.sleep(0.1)

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 
 from service.ledger import SqlLedger
-from service.ledger.schema import TERMINAL, decisions, notices
+from service.ledger.schema import decisions
+from tests.helpers.ledgers import ledger_states
 from tests.helpers.smtp_server import SmtpTestServer
 from tests.helpers.twilio_double import TwilioDouble
 from tests.helpers.worker import Broker, WorkerProcess, us_burst
@@ -29,13 +30,9 @@ SETTINGS = {"DUNNING_LEASE_S": "2", "DUNNING_RATE_SMS": "off"}
 async def ledger_counts(url: str) -> tuple[dict[str, int], Counter[str], int]:
     ledger = SqlLedger.from_url(url)
     try:
-        async with ledger.engine.connect() as conn:
-            states = dict((await conn.execute(select(notices.c.state, func.count())
-                                              .group_by(notices.c.state))).all())
-            terminal = Counter((await conn.execute(select(decisions.c.notice_id).where(
-                decisions.c.status.in_(TERMINAL)))).scalars())
-            reconciled = (await conn.execute(select(func.count()).where(
-                decisions.c.reason == "reconciled"))).scalar_one()
+        states, terminal = await ledger_states(ledger)
+        reconciled = await ledger.read(lambda conn: conn.execute(select(func.count()).where(
+            decisions.c.reason == "reconciled")).scalar_one())
     finally:
         await ledger.aclose()
     return states, terminal, int(reconciled)

@@ -13,23 +13,14 @@ import pytest
 from sqlalchemy import func, select
 
 from service.ledger import SqlLedger
-from service.ledger.schema import TERMINAL, decisions, notices
-from tests.helpers.ledgers import postgres_schema
+from service.ledger.schema import decisions
+from tests.helpers.ledgers import ledger_states, postgres_schema
 from tests.helpers.smtp_server import SmtpTestServer
 from tests.helpers.twilio_double import TwilioDouble
 from tests.helpers.worker import Broker, WorkerProcess, us_burst
 
 StartWorker = Callable[..., WorkerProcess]
 FAST = {"DUNNING_LEASE_S": "2", "DUNNING_RATE_SMS": "off"}
-
-
-async def ledger_states(ledger: SqlLedger) -> tuple[dict[str, int], Counter[str]]:
-    async with ledger.engine.connect() as conn:
-        states = dict((await conn.execute(select(notices.c.state, func.count())
-                                          .group_by(notices.c.state))).all())
-        terminal = Counter((await conn.execute(select(decisions.c.notice_id).where(
-            decisions.c.status.in_(TERMINAL)))).scalars())
-    return states, terminal
 
 
 def assert_once_each(twilio: TwilioDouble, smtp: SmtpTestServer, events: int) -> None:
@@ -131,9 +122,8 @@ async def test_two_workers_on_postgres_one_killed_again_and_again(
         ledger = SqlLedger.from_url(url, schema)
         try:
             states, terminal = await ledger_states(ledger)
-            async with ledger.engine.connect() as conn:
-                reconciled = (await conn.execute(select(func.count()).where(
-                    decisions.c.reason == "reconciled"))).scalar_one()
+            reconciled = await ledger.read(lambda conn: conn.execute(select(func.count()).where(
+                decisions.c.reason == "reconciled")).scalar_one())
         finally:
             await ledger.aclose()
         assert states == {"sent": 1000}

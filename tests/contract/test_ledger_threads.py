@@ -1,0 +1,74 @@
+"""The ledger's transactions on its own threads: results, errors and lost connections."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from service.ledger import SqlLedger
+from service.ledger.schema import opt_outs
+from tests.helpers.ledgers import make_ledger, postgres_schema
+
+NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlLedger]:
+    async with make_ledger(request.param, tmp_path) as made:
+        yield made
+
+
+async def test_a_result_must_be_read_inside_its_transaction(ledger: SqlLedger) -> None:
+    with pytest.raises(TypeError, match="inside the transaction"):
+        await ledger.read(lambda conn: conn.execute(select(opt_outs)))
+    assert await ledger.read(lambda conn: conn.execute(select(opt_outs)).all()) == []
+
+
+async def test_a_failed_transaction_writes_nothing_and_the_next_one_works(
+        ledger: SqlLedger) -> None:
+    row = {"channel": "sms", "destination": "+8613800138000", "at": NOW}
+
+    def twice(conn: Connection) -> None:
+        conn.execute(opt_outs.insert().values(**row))
+        conn.execute(opt_outs.insert().values(**row))  # the same key: the whole is undone
+
+    with pytest.raises(IntegrityError):
+        await ledger.write(twice)
+    assert await ledger.opted_out([("sms", row["destination"])]) == set()
+    await ledger.execute(opt_outs.insert().values(**row))
+    assert await ledger.opted_out([("sms", row["destination"])]) == {("sms",
+                                                                      row["destination"])}
+
+
+async def test_when_the_server_drops_every_connection_one_transaction_fails_then_all_reconnect(
+        ) -> None:
+    name = f"dunning-{uuid.uuid4().hex[:8]}"
+    async with postgres_schema() as (url, schema):
+        ledger = SqlLedger.from_url(f"{url}?application_name={name}", schema)
+        admin = SqlLedger.from_url(url)
+        try:
+            await ledger.create()
+
+            def slow_ping(conn: Connection) -> None:
+                conn.execute(text("SELECT pg_sleep(0.05)")).all()
+
+            # every ledger thread opens its own connection, and keeps it
+            await asyncio.gather(*(ledger.read(slow_ping) for _ in range(16)))
+            killed = await admin.read(lambda conn: conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name"), {"name": name}).scalars().all())
+            assert len(killed) >= 2
+            with pytest.raises(DBAPIError):
+                await ledger.ping()
+            await asyncio.gather(*(ledger.read(slow_ping) for _ in range(16)))
+            await ledger.ping()
+        finally:
+            await ledger.aclose()
+            await admin.aclose()
