@@ -26,6 +26,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
 from typing import Any, ClassVar, cast
 
 import aiosmtplib
@@ -58,11 +59,13 @@ def _header(value: str) -> str:
     return cast(str, Header(value, "utf-8"))
 
 
+@lru_cache(maxsize=16)  # a setting: parsed once, not for every message
 def sender_address(email_from: str) -> str:
     """The bare address of ``DUNNING_EMAIL_FROM`` (which may carry a display name)."""
     return parseaddr(email_from)[1] or email_from
 
 
+@lru_cache(maxsize=16)
 def message_domain(email_from: str) -> str:
     """The domain Message-IDs are made in: that of the From address."""
     return sender_address(email_from).rpartition("@")[2] or "localhost"
@@ -90,6 +93,12 @@ def flatten(message: MIMEMultipart) -> bytes:
         return out.getvalue()
 
 
+@lru_cache(maxsize=16)
+def _from_header(email_from: str) -> str:
+    name, address = parseaddr(email_from)
+    return formataddr((name, address), charset="utf-8") if address else email_from
+
+
 def build_message(notice: RenderedNotice, email_from: str) -> MIMEMultipart:
     """The MIME message of an email notice, as sent by SMTP and written by the outbox.
 
@@ -104,9 +113,8 @@ def build_message(notice: RenderedNotice, email_from: str) -> MIMEMultipart:
         raise PermanentDeliveryError("empty_notice", "no text and no HTML part")
     # every part is base64 (utf-8), which never holds "=_": the boundary cannot occur in it
     message = MIMEMultipart("alternative", boundary=f"=_{notice.notice_id}")
-    name, address = parseaddr(email_from)
     message["Subject"] = _header(subject)
-    message["From"] = formataddr((name, address), charset="utf-8") if address else email_from
+    message["From"] = _from_header(email_from)
     message["To"] = notice.destination
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id_for(notice.notice_id, message_domain(email_from))
