@@ -65,6 +65,7 @@ class LedgerUnavailable(Exception):
 T = TypeVar("T")
 Work = Callable[[Connection], T]  # a transaction's statements, run on a ledger thread
 PG_CONNECTIONS = 8  # pooled PostgreSQL connections of one worker, and ledger threads
+PG_CONNECT_TIMEOUT_S = 10  # unless the URL says (?connect_timeout=…)
 
 
 def driver_url(url: str) -> str:
@@ -82,7 +83,11 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         # one connection: SQLite has one writer, and serialising here avoids "database is locked"
         return create_engine(url, pool_size=1, max_overflow=0,
                              connect_args={"timeout": 30, "check_same_thread": False})
-    args = {"options": f"-csearch_path={schema}"} if schema else {}
+    args: dict[str, Any] = {}
+    if schema:
+        args["options"] = f"-csearch_path={schema}"
+    if "connect_timeout=" not in url:  # a server that never answers must not hang a thread
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     return create_engine(url, pool_size=PG_CONNECTIONS, max_overflow=4, pool_pre_ping=True,
                          connect_args=args)
 
