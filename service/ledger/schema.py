@@ -9,6 +9,7 @@ Notice states::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,11 +32,39 @@ WAITING, CLAIMED = "waiting", "claimed"
 TERMINAL = ("sent", "suppressed", "cancelled", "failed")
 
 
+def _to_sqlite(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("the ledger takes timezone-aware datetimes only")
+    # the text SQLAlchemy's SQLite DATETIME writes ("2026-11-28 03:00:00.000000"), in C
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _from_sqlite(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware in Python, UTC in the database (SQLite has no zones: naive UTC there)."""
+    """Timezone-aware in Python, UTC in the database (SQLite has no zones: naive UTC there).
+
+    On SQLite the text is written and read by ``datetime.isoformat`` and ``fromisoformat``
+    rather than SQLAlchemy's generic formatting and regular expression: the same text, at a
+    fraction of the cost (a batch of intake rows holds eleven times of day per event).
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _to_sqlite
+        return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            return _from_sqlite
+        return super().result_processor(dialect, coltype)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         if value is None:
