@@ -17,6 +17,8 @@ BUCKETS = (("due", timedelta(0)), ("1m", timedelta(minutes=1)), ("1h", timedelta
 async def waiting_by_bucket(ledger: SqlLedger, now: datetime) -> dict[str, int]:
     bucket = case(*((notices.c.due_at <= now + span, name) for name, span in BUCKETS),
                   else_="later")
-    found = await ledger.read(lambda conn: {str(name): int(count) for name, count in conn.execute(
-        select(bucket, func.count()).where(notices.c.state == WAITING).group_by(bucket))})
+    query = select(bucket, func.count()).where(notices.c.state == WAITING).group_by(bucket)
+    # a count over every waiting notice (~70 ms for 100,000): beside the ledger's transactions
+    found = await ledger.read_aside(
+        lambda conn: {str(name): int(count) for name, count in conn.execute(query)})
     return {name: found.get(name, 0) for name, _ in (*BUCKETS, ("later", None))}

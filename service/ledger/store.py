@@ -176,6 +176,7 @@ class SqlLedger:
         self._kept: set[Connection] = set()
         self._kept_lock = threading.Lock()
         self._generation = 0  # moves on when the server was lost: every thread reconnects
+        self._aside: tuple[Engine, ThreadPoolExecutor] | None = None  # see read_aside
 
     @classmethod
     def from_url(cls, url: str, schema: str | None = None) -> SqlLedger:
@@ -189,6 +190,23 @@ class SqlLedger:
     async def read(self, work: Work[T]) -> T:
         """``work(conn)`` on a ledger thread, committing nothing."""
         return await self.call(self._connected, work)
+
+    async def read_aside(self, work: Work[T]) -> T:
+        """``work(conn)`` for a long read (the counts behind /metrics) that must hold up no
+        transaction: on SQLite, on a connection and thread of its own (its write-ahead log
+        lets one read while the other writes); elsewhere as :meth:`read`."""
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return await self.read(work)
+        if self._aside is None:
+            self._aside = (make_engine(self.engine.url.render_as_string(hide_password=False)),
+                           ThreadPoolExecutor(1, thread_name_prefix="ledger-aside"))
+        engine, thread = self._aside
+
+        def run() -> T:
+            with engine.connect() as conn:
+                return _settled(work(conn))
+        return await asyncio.get_running_loop().run_in_executor(thread, run)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on a ledger thread."""
@@ -277,6 +295,10 @@ class SqlLedger:
     async def aclose(self) -> None:
         await self.call(self._close_all)
         self._threads.shutdown(wait=False)
+        if self._aside is not None:
+            engine, thread = self._aside
+            await asyncio.get_running_loop().run_in_executor(thread, engine.dispose)
+            thread.shutdown(wait=False)
 
     def _close_all(self) -> None:
         with self._kept_lock:

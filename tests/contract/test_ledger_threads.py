@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -72,3 +73,19 @@ async def test_when_the_server_drops_every_connection_one_transaction_fails_then
         finally:
             await ledger.aclose()
             await admin.aclose()
+
+
+async def test_a_long_read_aside_holds_up_no_transaction(tmp_path: Path) -> None:
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        def slow_count(conn: Connection) -> int:
+            count = len(conn.execute(select(opt_outs)).all())
+            time.sleep(0.5)  # a long count over many notices, still reading
+            return count
+
+        reading = asyncio.create_task(ledger.read_aside(slow_count))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await ledger.execute(opt_outs.insert().values(channel="sms", destination="+8613800138000",
+                                                      at=NOW))
+        assert time.monotonic() - started < 0.3
+        assert await reading == 0
