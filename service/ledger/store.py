@@ -1,38 +1,25 @@
 """The SQL ledger: SQLite for one worker, PostgreSQL for several (SQLAlchemy Core).
 
-Each transaction is a plain function of a SQLAlchemy ``Connection``, run whole on one of the
-ledger's own threads (:meth:`SqlLedger.write`, :meth:`SqlLedger.read`): the event loop pays
-one hand-over per transaction, not one per statement and result as an async driver does
-(measured here: 1.4 ms for a transaction of three statements through SQLAlchemy's async
-layer and aiosqlite, 0.4 ms this way). SQLite gets one thread and one connection (it has one
-writer); PostgreSQL a thread per pooled connection.
+Its transactions run on the ledger's own threads (:mod:`service.ledger.threads`); the
+statements of every round are built once, since building one costs more than running it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Column,
     Connection,
-    Engine,
-    Executable,
-    Result,
     Select,
     Table,
     and_,
     bindparam,
-    create_engine,
     func,
     or_,
     select,
@@ -40,7 +27,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from service.ledger.migrations import migrate
@@ -55,6 +41,7 @@ from service.ledger.schema import (
     notices,
     opt_outs,
 )
+from service.ledger.threads import LedgerThreads
 from service.outcomes import Outcome, Status, outcome_for
 
 
@@ -62,57 +49,8 @@ class LedgerUnavailable(Exception):
     """The ledger cannot be reached; the message names DUNNING_DATABASE_URL."""
 
 
-T = TypeVar("T")
-Work = Callable[[Connection], T]  # a transaction's statements, run on a ledger thread
-PG_CONNECTIONS = 8  # pooled PostgreSQL connections of one worker, and ledger threads
-PG_CONNECT_TIMEOUT_S = 10  # unless the URL says (?connect_timeout=…)
-
-
-def driver_url(url: str) -> str:
-    """SQLAlchemy URL with the driver this service uses (sqlite3, psycopg)."""
-    for plain, driver in (("postgresql://", "postgresql+psycopg://"),
-                          ("postgres://", "postgresql+psycopg://")):
-        if url.startswith(plain):
-            return driver + url[len(plain):]
-    return url
-
-
-def make_engine(url: str, schema: str | None = None) -> Engine:
-    url = driver_url(url)
-    if url.startswith("sqlite"):
-        # one connection: SQLite has one writer, and serialising here avoids "database is locked"
-        return create_engine(url, pool_size=1, max_overflow=0,
-                             connect_args={"timeout": 30, "check_same_thread": False})
-    args: dict[str, Any] = {}
-    if schema:
-        args["options"] = f"-csearch_path={schema}"
-    if "connect_timeout=" not in url:  # a server that never answers must not hang a thread
-        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return create_engine(url, pool_size=PG_CONNECTIONS, max_overflow=4, pool_pre_ping=True,
-                         connect_args=args)
-
-
-def _settled(value: T) -> T:
-    """A transaction's answer, which must not be a result still reading rows: the
-    connection goes on to the next transaction as soon as this one returns."""
-    if isinstance(value, Result):
-        raise TypeError("read a Result's rows inside the transaction, not after it")
-    return value
-
-
 def row_dict(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
-
-
-class Held:
-    """The open transaction of :meth:`SqlLedger.holding`."""
-
-    def __init__(self, ledger: SqlLedger, conn: Connection) -> None:
-        self.ledger = ledger
-        self.conn = conn
-
-    async def run(self, work: Work[T]) -> T:
-        return await self.ledger.call(work, self.conn)
 
 
 # the statements of every round of the dispatcher, built once (see _claiming)
@@ -164,121 +102,8 @@ def _claiming(dialect: str, by_channel: bool) -> _Claiming:
     return _Claiming(found[0], found[1], claim)
 
 
-class SqlLedger:
+class SqlLedger(LedgerThreads):
     """Every state change of a notice is one short transaction, with its decision row."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        threads = 1 if self.dialect == "sqlite" else PG_CONNECTIONS
-        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="ledger")
-        self._local = threading.local()  # each ledger thread's own connection
-        self._kept: set[Connection] = set()
-        self._kept_lock = threading.Lock()
-        self._generation = 0  # moves on when the server was lost: every thread reconnects
-        self._aside: tuple[Engine, ThreadPoolExecutor] | None = None  # see read_aside
-
-    @classmethod
-    def from_url(cls, url: str, schema: str | None = None) -> SqlLedger:
-        return cls(make_engine(url, schema))
-
-    async def write(self, work: Work[T]) -> T:
-        """``work(conn)`` in one transaction on a ledger thread: committed, or rolled back
-        if it raises."""
-        return await self.call(self._in_transaction, work)
-
-    async def read(self, work: Work[T]) -> T:
-        """``work(conn)`` on a ledger thread, committing nothing."""
-        return await self.call(self._connected, work)
-
-    async def read_aside(self, work: Work[T]) -> T:
-        """``work(conn)`` for a long read (the counts behind /metrics) that must hold up no
-        transaction: on SQLite, on a connection and thread of its own (its write-ahead log
-        lets one read while the other writes); elsewhere as :meth:`read`."""
-        database = self.engine.url.database
-        if self.dialect != "sqlite" or not database or database == ":memory:":
-            return await self.read(work)
-        if self._aside is None:
-            self._aside = (make_engine(self.engine.url.render_as_string(hide_password=False)),
-                           ThreadPoolExecutor(1, thread_name_prefix="ledger-aside"))
-        engine, thread = self._aside
-
-        def run() -> T:
-            with engine.connect() as conn:
-                return _settled(work(conn))
-        return await asyncio.get_running_loop().run_in_executor(thread, run)
-
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` on a ledger thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
-
-    async def execute(self, statement: Executable,
-                      rows: Sequence[dict[str, Any]] | None = None) -> int:
-        """One statement (for each of ``rows``) in a transaction of its own: DDL, a bulk
-        insert, a one-off update; how many rows it changed."""
-        def work(conn: Connection) -> int:
-            with conn.execute(statement, rows) as result:
-                return int(result.rowcount)
-        return await self.write(work)
-
-    def _in_transaction(self, work: Work[T]) -> T:
-        conn = self._connection()
-        try:
-            with conn.begin():
-                return _settled(work(conn))
-        except BaseException as exc:
-            self._drop(conn, exc)
-            raise
-
-    def _connected(self, work: Work[T]) -> T:
-        conn = self._connection()
-        try:
-            return _settled(work(conn))
-        except BaseException as exc:
-            self._drop(conn, exc)
-            raise
-        finally:
-            if not conn.closed:
-                conn.rollback()  # a read's implicit transaction ends here
-
-    def _connection(self) -> Connection:
-        """This thread's connection: kept from one transaction to the next (a checkout from
-        the pool costs more than a short statement), and replaced after any error."""
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.generation != self._generation:
-            self._drop(conn)  # another thread lost the server: this one is suspect too
-            conn = None
-        if conn is None or conn.closed:
-            self._local.generation = self._generation
-            conn = self._local.conn = self.engine.connect()
-            with self._kept_lock:
-                self._kept.add(conn)
-        return conn
-
-    def _drop(self, conn: Connection, error: BaseException | None = None) -> None:
-        if isinstance(error, DBAPIError) and error.connection_invalidated:
-            self._generation += 1
-        self._local.conn = None
-        with self._kept_lock:
-            self._kept.discard(conn)
-        with contextlib.suppress(Exception):  # a connection already broken: nothing to close
-            conn.close()
-
-    @asynccontextmanager
-    async def holding(self) -> AsyncIterator[Held]:
-        """A transaction that stays open across awaits (PostgreSQL row locks kept while the
-        broker confirms); committed at the end, rolled back on an error. Not on SQLite: its
-        one connection would be held from every other transaction meanwhile."""
-        if self.dialect == "sqlite":
-            raise RuntimeError("a transaction across awaits would hold SQLite's one connection")
-        conn = await self.call(self.engine.connect)
-        held = Held(self, conn)
-        try:
-            await held.run(lambda c: c.begin())
-            yield held
-            await held.run(lambda c: c.commit())
-        finally:
-            await self.call(conn.close)
 
     async def create(self) -> None:
         """Create or check the schema (idempotent)."""
@@ -291,22 +116,6 @@ class SqlLedger:
 
     async def ping(self) -> None:
         await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
-
-    async def aclose(self) -> None:
-        await self.call(self._close_all)
-        self._threads.shutdown(wait=False)
-        if self._aside is not None:
-            engine, thread = self._aside
-            await asyncio.get_running_loop().run_in_executor(thread, engine.dispose)
-            thread.shutdown(wait=False)
-
-    def _close_all(self) -> None:
-        with self._kept_lock:
-            kept, self._kept = self._kept, set()
-        for conn in kept:  # each idle now: every transaction is awaited before aclose
-            with contextlib.suppress(Exception):
-                conn.close()
-        self.engine.dispose()
 
     def insert_ignore(self, table: Table, returning: Column[Any] | None = None) -> Insert:
         """INSERT … ON CONFLICT DO NOTHING for the ledger's dialect (built once)."""
