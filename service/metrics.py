@@ -37,5 +37,12 @@ CIRCUIT_TRANSITIONS = Counter("dunning_circuit_transitions_total", "Circuit brea
 RECONCILED = Counter("dunning_reconciled_total", "Notices whose earlier attempt had an unknown "
                      "outcome, by what reconciliation found", ["channel", "found"],
                      registry=REGISTRY)
+_LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+LEDGER_WAIT_SECONDS = Histogram("dunning_ledger_wait_seconds", "How long a ledger transaction "
+                                "waited for a ledger thread (queueing: the ledger is saturated "
+                                "when this grows)", registry=REGISTRY, buckets=_LEDGER_BUCKETS)
+LEDGER_BUSY_SECONDS = Histogram("dunning_ledger_transaction_seconds", "How long a ledger "
+                                "transaction took on its thread, commit included",
+                                registry=REGISTRY, buckets=_LEDGER_BUCKETS)
 WAITING = Gauge("dunning_waiting_notices", "Notices waiting in the ledger, by when they are due "
                 "(due now, within a minute, an hour, a day, later)", ["due"], registry=REGISTRY)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, Result, create_engine
 from sqlalchemy.exc import DBAPIError
+
+from service import metrics
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]  # a transaction's statements, run on a ledger thread
@@ -60,7 +63,7 @@ def _settled(value: T) -> T:
 
 
 class Held:
-    """The open transaction of :meth:`SqlLedger.holding`."""
+    """The open transaction of :meth:`LedgerThreads.holding`."""
 
     def __init__(self, ledger: LedgerThreads, conn: Connection) -> None:
         self.ledger = ledger
@@ -115,8 +118,17 @@ class LedgerThreads:
         return await asyncio.get_running_loop().run_in_executor(thread, run)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` on a ledger thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
+        """``function(*args)`` on a ledger thread, timed (its wait for the thread, and on it)."""
+        queued = time.perf_counter()
+
+        def timed() -> T:
+            started = time.perf_counter()
+            metrics.LEDGER_WAIT_SECONDS.observe(started - queued)
+            try:
+                return function(*args)
+            finally:
+                metrics.LEDGER_BUSY_SECONDS.observe(time.perf_counter() - started)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, timed)
 
     async def execute(self, statement: Executable,
                       rows: Sequence[dict[str, Any]] | None = None) -> int:

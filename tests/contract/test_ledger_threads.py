@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from service import metrics
 from service.ledger import SqlLedger
 from service.ledger.schema import opt_outs
 from tests.helpers.ledgers import make_ledger, postgres_schema
@@ -89,3 +90,23 @@ async def test_a_long_read_aside_holds_up_no_transaction(tmp_path: Path) -> None
                                                       at=NOW))
         assert time.monotonic() - started < 0.3
         assert await reading == 0
+
+
+def _seconds(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+
+
+async def test_a_transaction_queued_behind_a_slow_one_shows_as_waiting(tmp_path: Path) -> None:
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        waited = _seconds("dunning_ledger_wait_seconds")
+        busy = _seconds("dunning_ledger_transaction_seconds")
+
+        def slow(conn: Connection) -> None:
+            time.sleep(0.3)
+
+        slow_write = asyncio.create_task(ledger.write(slow))
+        await asyncio.sleep(0.05)
+        await ledger.ping()  # waits for the one SQLite thread
+        await slow_write
+        assert _seconds("dunning_ledger_wait_seconds") - waited >= 0.2
+        assert _seconds("dunning_ledger_transaction_seconds") - busy >= 0.3
