@@ -120,7 +120,7 @@ class Worker:
             dispatcher = Dispatcher(self.settings, ledger, policy, renderer, adapters, self.now,
                                     relay.wake.set, limiter)
             self.intake = Intake(self.settings, topology, policy, Ingest(ledger), self.now,
-                                 dispatcher.wake.set)
+                                 dispatcher.recorded)
             await self._serve(dispatcher, relay, adapters)
 
     async def _refresh_stats(self) -> None:

@@ -48,6 +48,16 @@ class EventCache:
         self._items.move_to_end(event_id)
         return self._items[event_id]
 
+    def remember(self, events: list[AnyEvent]) -> None:
+        """Events the intake has just recorded, as it parsed them: the notices of a fresh
+        event then need no read of the ledger and no parse (the ledger keeps the first of
+        two events with one id, and so must the caller: only new events come here)."""
+        for event in events:
+            self._items[event.event_id] = event
+            self._items.move_to_end(event.event_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
     async def load(self, event_ids: list[str]) -> dict[str, AnyEvent]:
         """The events of a batch, reading those not cached in one query."""
         missing = list({e for e in event_ids if e not in self._items})

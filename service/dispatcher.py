@@ -25,6 +25,7 @@ from service.channels.base import (
 )
 from service.compose import Composer, EventCache, NotSendable
 from service.config import Settings
+from service.events import AnyEvent
 from service.ledger import SqlLedger
 from service.ledger.contacts import decide_contact
 from service.ledger.recorder import Recorder
@@ -106,6 +107,11 @@ class Dispatcher:
             if backlog and self._has_room():
                 continue  # more unpaced notices are due: claim the next batch at once
             await self._idle(PACING_HORIZON_S / 4 if full else self.settings.dispatch_poll_s)
+
+    def recorded(self, events: list[AnyEvent]) -> None:
+        """The intake committed these new events: keep them as parsed, and look for work."""
+        self.events.remember(events)
+        self.wake.set()
 
     def _has_room(self) -> bool:
         """Room for a whole batch: claiming one notice per finished send batches nothing."""

@@ -30,7 +30,7 @@ from aiormq.abc import FieldTable
 
 from service import metrics
 from service.config import Settings
-from service.events import BadEvent, Escalated, PaymentReceived, parse_event
+from service.events import AnyEvent, BadEvent, Escalated, PaymentReceived, parse_event
 from service.ledger import Accepted, Ingest
 from service.logs import get_logger
 from service.policy import Policy, plan_escalation, plan_payment
@@ -89,7 +89,8 @@ class Intake:
     """Consumes ``dunning.dispatch`` in batches: decide, record in one transaction, ack."""
 
     def __init__(self, settings: Settings, topology: Topology, policy: Policy, ingest: Ingest,
-                 now: Callable[[], datetime], on_recorded: Callable[[], None]) -> None:
+                 now: Callable[[], datetime],
+                 on_recorded: Callable[[list[AnyEvent]], None]) -> None:
         self.settings = settings
         self.topology = topology
         self.policy = policy
@@ -174,7 +175,7 @@ class Intake:
                     await self._dead_letter(message, result)
                 else:
                     accepted.append(result)
-            await self._record(accepted)
+            recorded = await self._record(accepted)
             await batch[-1].ack(multiple=True)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             # the channel these deliveries came on is gone: the broker redelivers every
@@ -185,10 +186,11 @@ class Intake:
         self.stats.consumed += len(batch)
         metrics.EVENTS_CONSUMED.inc(len(batch))
         if accepted:
-            self.on_recorded()
+            self.on_recorded(recorded)
 
-    async def _record(self, accepted: list[Accepted]) -> None:
-        """Commit the batch; while the ledger is down, keep the messages unacked and retry."""
+    async def _record(self, accepted: list[Accepted]) -> list[AnyEvent]:
+        """Commit the batch; while the ledger is down, keep the messages unacked and retry.
+        The events that were new."""
         delay_s = 0.5
         while accepted:
             try:
@@ -203,7 +205,8 @@ class Intake:
             self.stats.duplicates += report.duplicates
             log.debug("batch_recorded", events=report.new_events, notices=report.notices,
                       duplicates=report.duplicates, cancelled=report.cancelled)
-            return
+            return report.recorded
+        return []
 
     async def _dead_letter(self, message: AbstractIncomingMessage, bad: BadEvent) -> None:
         headers: dict[str, Any] = dict(message.headers or {})

@@ -70,9 +70,9 @@ class BatchPreparer:
 
     async def _batch(self, candidates: list[tuple[dict[str, Any], Escalated, Destination]],
                      now: datetime) -> _Batch:
-        holds = await self.ledger.active_holds(list({n["account_id"] for n, _, _ in candidates}))
-        opted = await self.ledger.opted_out([(n["channel"], d.value) for n, _, d in candidates
-                                             if d.value is not None])
+        holds, opted = await self.ledger.holds_and_opt_outs(
+            list({n["account_id"] for n, _, _ in candidates}),
+            [(n["channel"], d.value) for n, _, d in candidates if d.value is not None])
         return _Batch(now, holds, opted)
 
     async def _decide(self, candidates: list[tuple[dict[str, Any], Escalated, Destination]],

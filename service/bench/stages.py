@@ -59,7 +59,7 @@ async def intake_stage(settings: Settings, policy: Policy, run: str, count: int)
         await publish_all(exchange, "delinquency.escalated",
                           [event_body(make_event(run, i)) for i in range(count)])
         intake = Intake(settings, topology, policy, Ingest(ledger),
-                        make_clock(settings.clock_offset_s), lambda: None)
+                        make_clock(settings.clock_offset_s), lambda _recorded: None)
         task = asyncio.create_task(intake.run())
         watch = Stopwatch()
         await intake.start()

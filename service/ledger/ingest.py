@@ -34,6 +34,7 @@ class IngestReport:
     duplicates: int = 0
     notices: int = 0
     cancelled: int = 0
+    recorded: list[AnyEvent] = field(default_factory=list)  # the new events, in order
 
 
 def normalise_destination(channel: str, destination: str) -> str:
@@ -67,6 +68,7 @@ class Ingest:
         new = self._record_events(conn, batch, now)
         report.duplicates = len(batch) - len(new)
         report.new_events = len(new)
+        report.recorded = [item.event for item in new]
         # consecutive escalations are written together; any other event in its turn
         run: list[Accepted] = []
         for item in new:

@@ -63,6 +63,16 @@ _OPTED_OUT = select(opt_outs.c.channel, opt_outs.c.destination).where(
     opt_outs.c.destination.in_(bindparam("destinations", expanding=True)))
 
 
+def _holds(conn: Connection, account_ids: Sequence[str]) -> dict[str, str]:
+    return {r.account_id: r.reason for r in conn.execute(_ACTIVE_HOLDS,
+                                                         {"ids": list(account_ids)})}
+
+
+def _opted_out(conn: Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    rows = conn.execute(_OPTED_OUT, {"destinations": list({d for _, d in pairs})})
+    return {(r.channel, r.destination) for r in rows} & set(pairs)
+
+
 @cache
 def _insert_ignore(dialect: str, table: Table, returning: Column[Any] | None) -> Insert:
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -267,16 +277,17 @@ class SqlLedger(LedgerThreads):
             _EVENT_BODIES, {"ids": list(event_ids)})})
 
     async def active_holds(self, account_ids: Sequence[str]) -> dict[str, str]:
-        return await self.read(lambda conn: {r.account_id: r.reason for r in conn.execute(
-            _ACTIVE_HOLDS, {"ids": list(account_ids)})})
+        return await self.read(lambda conn: _holds(conn, account_ids))
 
     async def opted_out(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        if not pairs:
-            return set()
-        destinations = list({d for _, d in pairs})
-        found = await self.read(lambda conn: {(r.channel, r.destination) for r in conn.execute(
-            _OPTED_OUT, {"destinations": destinations})})
-        return found & set(pairs)
+        return await self.read(lambda conn: _opted_out(conn, pairs)) if pairs else set()
+
+    async def holds_and_opt_outs(self, account_ids: Sequence[str],
+                                 pairs: Sequence[tuple[str, str]]
+                                 ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+        """:meth:`active_holds` and :meth:`opted_out` in one read (a batch's)."""
+        return await self.read(lambda conn: (_holds(conn, account_ids),
+                                             _opted_out(conn, pairs) if pairs else set()))
 
     async def unpublished(self, limit: int) -> list[tuple[int, str]]:
         return await self.read(lambda conn: read_unpublished(conn, limit))

@@ -44,6 +44,25 @@ async def test_escalation_plans_its_notices_once(ledger: SqlLedger) -> None:
     assert await ledger.counts_by_state() == {"waiting": 2}
 
 
+async def test_only_new_events_are_handed_on_and_they_equal_what_the_ledger_keeps(
+        ledger: SqlLedger) -> None:
+    from service.compose import EventCache
+    from service.events import stored_event
+
+    ingest = Ingest(ledger)
+    first = sample("escalated_m1_cn.json")
+    report = await ingest.apply([first], NOW)
+    assert report.recorded == [first.event]
+    # the same id again with other content: the ledger keeps the first, and so must the cache
+    again = await ingest.apply([sample("escalated_m1_cn.json", context={"x": "y"})], NOW)
+    assert again.recorded == []
+    cache = EventCache(ledger)
+    cache.remember(report.recorded + again.recorded)
+    event_id = first.event.event_id
+    kept = stored_event((await ledger.event_bodies([event_id]))[event_id])
+    assert (await cache.load([event_id]))[event_id] == kept == first.event
+
+
 async def test_a_due_notice_is_claimed_by_one_owner_only(ledger: SqlLedger) -> None:
     await Ingest(ledger).apply([sample("escalated_m1_cn.json")], NOW)
     first = await ledger.claim("a", NOW, 10, 60)
