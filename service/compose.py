@@ -38,15 +38,7 @@ class EventCache:
         self._items: OrderedDict[str, AnyEvent] = OrderedDict()
 
     async def get(self, event_id: str) -> AnyEvent | None:
-        if event_id not in self._items:
-            bodies = await self.ledger.event_bodies([event_id])
-            if event_id not in bodies:
-                return None
-            self._items[event_id] = stored_event(bodies[event_id])
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        self._items.move_to_end(event_id)
-        return self._items[event_id]
+        return (await self.load([event_id])).get(event_id)
 
     def remember(self, events: list[AnyEvent]) -> None:
         """Events the intake has just recorded, as it parsed them: the notices of a fresh
@@ -62,10 +54,8 @@ class EventCache:
         """The events of a batch, reading those not cached in one query."""
         missing = list({e for e in event_ids if e not in self._items})
         if missing:
-            for event_id, body in (await self.ledger.event_bodies(missing)).items():
-                self._items[event_id] = stored_event(body)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            bodies = await self.ledger.event_bodies(missing)
+            self.remember([stored_event(body) for body in bodies.values()])
         found = {}
         for event_id in event_ids:
             if event_id in self._items:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from service import metrics
@@ -238,10 +238,8 @@ class Dispatcher:
             receipt = await reconcile(self.ledger, self.adapters[notice["channel"]], notice,
                                       rendered, self.now(), self.settings.clock_offset_s)
         except DeliveryError as exc:  # the provider cannot be asked: never send blind
-            await self.ledger.retry_later(
-                notice, self.now() + timedelta(seconds=self.sender.backoff_s(1)), self.now(),
-                reason=f"{UNKNOWN}:{exc.reason}", owner=self.owner, rule="reconcile",
-                count_attempt=False)
+            await self.sender.give_back(notice, self.sender.backoff_s(1),
+                                        reason=f"{UNKNOWN}:{exc.reason}", rule="reconcile")
             return True
         if receipt is None:
             return False

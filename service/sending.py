@@ -69,9 +69,7 @@ class Sender:
         """The channel's circuit breaker: while its provider keeps failing, wait, untried."""
         allowed, wait_s = self.breakers[notice["channel"]].allow()
         if not allowed:
-            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=wait_s),
-                                          self.now(), reason="circuit_open", owner=self.owner,
-                                          rule="circuit_breaker", count_attempt=False)
+            await self.give_back(notice, wait_s, reason="circuit_open", rule="circuit_breaker")
         return allowed
 
     async def _pace(self, notice: dict[str, Any]) -> bool:
@@ -79,14 +77,19 @@ class Sender:
         ok, delay_s = await self.limiter.reserve(notice["channel"], 2 * PACING_HORIZON_S)
         if not ok:
             metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "put_back").inc()
-            await self.ledger.retry_later(notice, self.now() + timedelta(seconds=delay_s),
-                                          self.now(), reason="rate_limited", owner=self.owner,
-                                          rule="rate_limit", count_attempt=False)
+            await self.give_back(notice, delay_s, reason="rate_limited", rule="rate_limit")
             return False
         if delay_s > 0:
             metrics.RATE_LIMIT_WAITS.labels(notice["channel"], "waited").inc()
             await asyncio.sleep(delay_s)
         return True
+
+    async def give_back(self, notice: dict[str, Any], wait_s: float, *, reason: str,
+                        rule: str) -> None:
+        """Back to the waiting list for ``wait_s``, untried: no attempt is used up."""
+        await self.ledger.retry_later(notice, self.now() + timedelta(seconds=wait_s), self.now(),
+                                      reason=reason, owner=self.owner, rule=rule,
+                                      count_attempt=False)
 
     async def _deliver(self, notice: dict[str, Any], rendered: RenderedNotice) -> None:
         channel = notice["channel"]

@@ -34,7 +34,7 @@ def _lock_debtor(conn: Connection, dialect: str, debtor_id: str) -> None:
 
 
 def contact_history(conn: Connection, notice: dict[str, Any], destination: str | None,
-                          now: datetime) -> list[Contact]:
+                    now: datetime) -> list[Contact]:
     scope = [notices.c.debtor_id == notice["debtor_id"],
              notices.c.account_id == notice["account_id"]]
     if destination:
@@ -66,9 +66,8 @@ async def decide_contact(ledger: SqlLedger, notice: dict[str, Any], destination:
     return await ledger.write(work)
 
 
-def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any],
-                 destination: str, decision: Decision, now: datetime, owner: str,
-                 lease_s: float) -> bool:
+def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any], destination: str,
+           decision: Decision, now: datetime, owner: str, lease_s: float) -> bool:
     """Record one verdict on a notice this owner holds; False if its lease was lost."""
     mine = and_(notices.c.notice_id == notice["notice_id"], notices.c.state == CLAIMED,
                 notices.c.lease_owner == owner)
@@ -85,7 +84,7 @@ def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any],
             outcome = outcome_for(notice, "deferred", now, reason=decision.reason,
                                   not_before=decision.not_before)
             ledger.add_decision(conn, notice, "deferred", now, reason=decision.reason,
-                                      rule=decision.rule, outcome=outcome)
+                                rule=decision.rule, outcome=outcome)
     else:
         done = conn.execute(update(notices).where(mine).values(destination=destination))
         if done.rowcount:

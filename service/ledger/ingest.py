@@ -30,11 +30,14 @@ class Accepted:
 
 @dataclass(slots=True)
 class IngestReport:
-    new_events: int = 0
     duplicates: int = 0
     notices: int = 0
     cancelled: int = 0
     recorded: list[AnyEvent] = field(default_factory=list)  # the new events, in order
+
+    @property
+    def new_events(self) -> int:
+        return len(self.recorded)
 
 
 def normalise_destination(channel: str, destination: str) -> str:
@@ -67,7 +70,6 @@ class Ingest:
         report = IngestReport()
         new = self._record_events(conn, batch, now)
         report.duplicates = len(batch) - len(new)
-        report.new_events = len(new)
         report.recorded = [item.event for item in new]
         # consecutive escalations are written together; any other event in its turn
         run: list[Accepted] = []
@@ -141,8 +143,7 @@ class Ingest:
         for account_id, event in latest.items():
             if account_id in known:
                 conn.execute(update(accounts).where(accounts.c.account_id == account_id)
-                                   .values(event_id=event.event_id,
-                                           escalated_at=event.occurred_at))
+                             .values(event_id=event.event_id, escalated_at=event.occurred_at))
 
     def _apply_one(self, conn: Connection, item: Accepted, now: datetime,
                    report: IngestReport) -> None:

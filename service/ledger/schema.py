@@ -32,13 +32,17 @@ WAITING, CLAIMED = "waiting", "claimed"
 TERMINAL = ("sent", "suppressed", "cancelled", "failed")
 
 
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("the ledger takes timezone-aware datetimes only")
+    return value.astimezone(UTC)
+
+
 def _to_sqlite(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("the ledger takes timezone-aware datetimes only")
     # the text SQLAlchemy's SQLite DATETIME writes ("2026-11-28 03:00:00.000000"), in C
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _from_sqlite(value: str | None) -> datetime | None:
@@ -67,12 +71,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return super().result_processor(dialect, coltype)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("the ledger takes timezone-aware datetimes only")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return None if value is None else _utc(value)  # SQLite: see bind_processor
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -7,7 +7,7 @@ statements of every round are built once, since building one costs more than run
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -172,17 +172,6 @@ class SqlLedger(LedgerThreads):
                               provider_id=provider_id)
         self.add_decision(conn, notice, status, at, reason=reason, rule=rule, outcome=outcome)
         return True
-
-    async def finish_many(self, items: Iterable[tuple[dict[str, Any], Status, dict[str, Any]]],
-                          at: datetime, owner: str) -> int:
-        """Several terminal decisions in one transaction (the dispatcher's batch)."""
-        def work(conn: Connection) -> int:
-            return sum(self.finish_in(conn, notice, status, at, owner=owner,
-                                      reason=extra.get("reason"), rule=extra.get("rule"),
-                                      provider=extra.get("provider"),
-                                      provider_id=extra.get("provider_id"))
-                       for notice, status, extra in items)
-        return await self.write(work)
 
     async def retry_later(self, notice: dict[str, Any], due_at: datetime, at: datetime, *,
                           reason: str, owner: str, publish: bool = False,
