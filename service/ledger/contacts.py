@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, text, update
 
+from service.ledger import direct
 from service.ledger.schema import CLAIMED, WAITING, notices
 from service.ledger.store import SqlLedger
 from service.outcomes import outcome_for
@@ -166,7 +167,7 @@ _DESTINATION = update(notices).where(notices.c.notice_id == bindparam("id")).val
 
 def _batch_history(conn: Connection, requests: list[ContactRequest],
                    now: datetime) -> list[tuple[str, Contact]]:
-    rows = conn.execute(_HISTORY, {
+    rows = direct.run(conn, _HISTORY, {
         "debtors": list({r.notice["debtor_id"] for r in requests}),
         "accounts": list({r.notice["account_id"] for r in requests}),
         "destinations": list({r.destination for r in requests}),
@@ -180,12 +181,11 @@ def _let_go(conn: Connection, requests: list[ContactRequest], now: datetime,
     """Mark the notices allowed to go as contacts now, in one statement; the ids marked."""
     if not requests:
         return set()
-    marked = {row.notice_id for row in conn.execute(_LET_GO, {
+    marked = {row.notice_id for row in direct.run(conn, _LET_GO, {
         "ids": [r.notice["notice_id"] for r in requests], "owner": owner, "now": now,
         "until": now + timedelta(seconds=lease_s)})}
-    if marked:
-        conn.execute(_DESTINATION, [{"id": r.notice["notice_id"], "destination": r.destination}
-                                    for r in requests if r.notice["notice_id"] in marked])
+    direct.run_many(conn, _DESTINATION, [{"id": r.notice["notice_id"], "destination": r.destination}
+                                         for r in requests if r.notice["notice_id"] in marked])
     return marked
 
 

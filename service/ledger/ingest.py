@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, select, update
 
 from service.events import AnyEvent, Escalated, Hold, HoldReleased, OptedOut, PaymentReceived
-from service.ledger.schema import WAITING, accounts, events, holds, notices, opt_outs
+from service.ledger import direct
+from service.ledger.schema import WAITING, UtcDateTime, accounts, events, holds, notices, opt_outs
 from service.ledger.store import SqlLedger, row_dict
 from service.outcomes import outcome_for
 from service.policy import ON_PAYMENT, PlannedStep
@@ -55,6 +56,8 @@ def _ids(event: AnyEvent) -> tuple[str | None, str | None]:
 
 _ACCOUNTS = select(accounts.c.account_id, accounts.c.escalated_at).where(
     accounts.c.account_id.in_(bindparam("ids", expanding=True)))  # built once
+_ACCOUNT_MOVED = update(accounts).where(accounts.c.account_id == bindparam("_account")).values(
+    event_id=bindparam("_event"), escalated_at=bindparam("_at", type_=UtcDateTime))
 
 
 class Ingest:
@@ -95,8 +98,8 @@ class Ingest:
                          "body": item.body})
         if not rows:
             return []
-        inserted = {row.event_id for row in conn.execute(
-            self.ledger.insert_ignore(events, events.c.event_id), rows)}
+        inserted = {row.event_id for row in direct.insert_returning(
+            conn, self.ledger.insert_ignore(events, events.c.event_id), events, rows)}
         new = []
         for item in batch:  # an event twice in one batch: the first one is the new one
             if item.event.event_id in inserted:
@@ -122,13 +125,13 @@ class Ingest:
         """Insert notice rows (batched by the driver); how many were new."""
         if not rows:
             return 0
-        inserted = conn.execute(self.ledger.insert_ignore(notices, notices.c.notice_id), rows)
-        return len(inserted.all())
+        return len(direct.insert_returning(
+            conn, self.ledger.insert_ignore(notices, notices.c.notice_id), notices, rows))
 
     def _remember_accounts(self, conn: Connection, escalations: list[Escalated]) -> None:
         """Each account's latest escalation, as one by one in arrival order would leave it."""
         ids = list({e.account.account_id for e in escalations})
-        known = {r.account_id: r.escalated_at for r in conn.execute(_ACCOUNTS, {"ids": ids})}
+        known = {r.account_id: r.escalated_at for r in direct.run(conn, _ACCOUNTS, {"ids": ids})}
         latest: dict[str, Escalated] = {}
         for event in escalations:
             account_id = event.account.account_id
@@ -138,12 +141,10 @@ class Ingest:
                 latest[account_id] = event
         fresh = [{"account_id": a, "event_id": e.event_id, "escalated_at": e.occurred_at}
                  for a, e in latest.items() if a not in known]
-        if fresh:
-            conn.execute(self.ledger.insert_ignore(accounts), fresh)
-        for account_id, event in latest.items():
-            if account_id in known:
-                conn.execute(update(accounts).where(accounts.c.account_id == account_id)
-                             .values(event_id=event.event_id, escalated_at=event.occurred_at))
+        direct.run_many(conn, self.ledger.insert_ignore(accounts), fresh)
+        direct.run_many(conn, _ACCOUNT_MOVED, [
+            {"_account": a, "_event": e.event_id, "_at": e.occurred_at}
+            for a, e in latest.items() if a in known])
 
     def _apply_one(self, conn: Connection, item: Accepted, now: datetime,
                    report: IngestReport) -> None:

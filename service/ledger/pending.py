@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from service.ledger import direct
 from service.ledger.schema import decisions
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ def read_unpublished(conn: Connection, limit: int, lock: bool = False) -> list[t
     ``lock``, each stays locked until the transaction ends, and rows locked by another
     transaction are skipped (PostgreSQL)."""
     query = _LOCKED_UNPUBLISHED if lock else _UNPUBLISHED
-    return [(row.id, row.outcome) for row in conn.execute(query, {"limit": limit})]
+    return [(row.id, row.outcome) for row in direct.run(conn, query, {"limit": limit})]
 
 
 def write_published(conn: Connection, ids: Sequence[int]) -> None:
-    conn.execute(_MARK_PUBLISHED, {"ids": list(ids)})
+    direct.count(conn, _MARK_PUBLISHED, {"ids": list(ids)})

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
+from service.ledger import direct
 from service.ledger.schema import CLAIMED, UtcDateTime, decisions, notices
 from service.ledger.store import SqlLedger
 from service.outcomes import Status, outcome_for
@@ -59,7 +60,7 @@ _INSERT_DECISIONS = decisions.insert()
 
 def _still_mine(conn: Connection, dialect: str, ids: list[str], owner: str) -> set[str]:
     query = _STILL_MINE_LOCKED if dialect == "postgresql" else _STILL_MINE
-    return {row.notice_id for row in conn.execute(query, {"ids": ids, "owner": owner})}
+    return {row.notice_id for row in direct.run(conn, query, {"ids": ids, "owner": owner})}
 
 
 def _decision_row(item: Finish) -> dict[str, Any]:
@@ -83,10 +84,8 @@ async def finish_group(ledger: SqlLedger, items: list[Finish], owner: str) -> li
         ours = [item for item in items if item.notice["notice_id"] in mine]
         for sent in (True, False):
             rows = [_values(item) for item in ours if (item.status == "sent") is sent]
-            if rows:
-                conn.execute(TERMINAL_UPDATE[sent], rows)
-        if ours:
-            conn.execute(_INSERT_DECISIONS, [_decision_row(item) for item in ours])
+            direct.run_many(conn, TERMINAL_UPDATE[sent], rows)
+        direct.run_many(conn, _INSERT_DECISIONS, [_decision_row(item) for item in ours])
         return mine
 
     mine = await ledger.write(work)

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from service.ledger import direct
 from service.ledger.migrations import migrate
 from service.ledger.pending import read_unpublished, write_published
 from service.ledger.schema import (
@@ -50,7 +51,9 @@ class LedgerUnavailable(Exception):
 
 
 def row_dict(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
+    """A row as a dict of its columns (a SQLAlchemy row, or a row of :func:`direct.run`)."""
+    mapping = getattr(row, "_mapping", None)
+    return dict(mapping) if mapping is not None else direct.as_dict(row)
 
 
 # the statements of every round of the dispatcher, built once (see _claiming)
@@ -64,12 +67,12 @@ _OPTED_OUT = select(opt_outs.c.channel, opt_outs.c.destination).where(
 
 
 def _holds(conn: Connection, account_ids: Sequence[str]) -> dict[str, str]:
-    return {r.account_id: r.reason for r in conn.execute(_ACTIVE_HOLDS,
-                                                         {"ids": list(account_ids)})}
+    return {r.account_id: r.reason for r in direct.run(conn, _ACTIVE_HOLDS,
+                                                        {"ids": list(account_ids)})}
 
 
 def _opted_out(conn: Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    rows = conn.execute(_OPTED_OUT, {"destinations": list({d for _, d in pairs})})
+    rows = direct.run(conn, _OPTED_OUT, {"destinations": list({d for _, d in pairs})})
     return {(r.channel, r.destination) for r in rows} & set(pairs)
 
 
@@ -208,11 +211,11 @@ class SqlLedger(LedgerThreads):
 
         def work(conn: Connection) -> tuple[list[dict[str, Any]], set[str]]:
             # two index walks that stop at ``limit`` (one OR would sort every due notice)
-            found = [*conn.execute(statements.expired, values),
-                     *conn.execute(statements.waiting, values)][:limit]
+            found = [*direct.run(conn, statements.expired, values),
+                     *direct.run(conn, statements.waiting, values)][:limit]
             if not found:
                 return [], set()
-            rows = conn.execute(statements.claim, {
+            rows = direct.run(conn, statements.claim, {
                 **values, "ids": [row.notice_id for row in found]})
             # a lease that expired while claimed: its send may have happened (reconcile first)
             return [row_dict(r) for r in rows], {r.notice_id for r in found
@@ -262,8 +265,8 @@ class SqlLedger(LedgerThreads):
 
     async def event_bodies(self, event_ids: Sequence[str]) -> dict[str, str]:
         """The stored JSON of each event (as the intake wrote it), by id."""
-        return await self.read(lambda conn: {r.event_id: r.body for r in conn.execute(
-            _EVENT_BODIES, {"ids": list(event_ids)})})
+        return await self.read(lambda conn: {r.event_id: r.body for r in direct.run(
+            conn, _EVENT_BODIES, {"ids": list(event_ids)})})
 
     async def active_holds(self, account_ids: Sequence[str]) -> dict[str, str]:
         return await self.read(lambda conn: _holds(conn, account_ids))

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service import metrics
 from service.ledger import SqlLedger
 from service.ledger.schema import opt_outs
-from tests.helpers.ledgers import make_ledger, postgres_schema
+from tests.helpers.ledgers import every_thread_connected, ledger_to_cut_off, make_ledger
 
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
@@ -51,29 +50,12 @@ async def test_a_failed_transaction_writes_nothing_and_the_next_one_works(
 
 async def test_when_the_server_drops_every_connection_one_transaction_fails_then_all_reconnect(
         ) -> None:
-    name = f"dunning-{uuid.uuid4().hex[:8]}"
-    async with postgres_schema() as (url, schema):
-        ledger = SqlLedger.from_url(f"{url}?application_name={name}", schema)
-        admin = SqlLedger.from_url(url)
-        try:
-            await ledger.create()
-
-            def slow_ping(conn: Connection) -> None:
-                conn.execute(text("SELECT pg_sleep(0.05)")).all()
-
-            # every ledger thread opens its own connection, and keeps it
-            await asyncio.gather(*(ledger.read(slow_ping) for _ in range(16)))
-            killed = await admin.read(lambda conn: conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name"), {"name": name}).scalars().all())
-            assert len(killed) >= 2
-            with pytest.raises(DBAPIError):
-                await ledger.ping()
-            await asyncio.gather(*(ledger.read(slow_ping) for _ in range(16)))
+    async with ledger_to_cut_off() as (ledger, cut_off):
+        assert await cut_off() >= 2
+        with pytest.raises(DBAPIError):
             await ledger.ping()
-        finally:
-            await ledger.aclose()
-            await admin.aclose()
+        await every_thread_connected(ledger)
+        await ledger.ping()
 
 
 async def test_a_long_read_aside_holds_up_no_transaction(tmp_path: Path) -> None:

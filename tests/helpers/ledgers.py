@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,6 +30,36 @@ async def postgres_schema() -> AsyncIterator[tuple[str, str]]:
     finally:
         await admin.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await admin.aclose()
+
+
+@asynccontextmanager
+async def ledger_to_cut_off() -> AsyncIterator[tuple[SqlLedger, Callable[[], Awaitable[int]]]]:
+    """A PostgreSQL ledger whose every thread holds a connection, and a function that makes
+    the server end all of them (how many it ended)."""
+    name = f"dunning-{uuid.uuid4().hex[:8]}"
+    async with postgres_schema() as (url, schema):
+        ledger = SqlLedger.from_url(f"{url}?application_name={name}", schema)
+        admin = SqlLedger.from_url(url)
+
+        async def cut_off() -> int:
+            return len(await admin.read(lambda conn: conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name"), {"name": name}).all()))
+        try:
+            await ledger.create()
+            await every_thread_connected(ledger)
+            yield ledger, cut_off
+        finally:
+            await ledger.aclose()
+            await admin.aclose()
+
+
+async def every_thread_connected(ledger: SqlLedger) -> None:
+    """Enough overlapping reads that every ledger thread opens its connection (and keeps it)."""
+    def slow_ping(conn: Connection) -> None:
+        conn.execute(text("SELECT pg_sleep(0.05)")).all()
+
+    await asyncio.gather(*(ledger.read(slow_ping) for _ in range(16)))
 
 
 @asynccontextmanager

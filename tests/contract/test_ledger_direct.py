@@ -1,0 +1,120 @@
+"""The hot statements run on the driver's cursor (service.ledger.direct) answer exactly as
+SQLAlchemy's own execution does, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from service.ledger import SqlLedger, direct
+from service.ledger.schema import CLAIMED, notices, opt_outs
+from tests.helpers.ledgers import ledger_to_cut_off, make_ledger
+
+NOW = datetime(2026, 11, 28, 3, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlLedger]:
+    async with make_ledger(request.param, tmp_path) as made:
+        yield made
+
+
+def _notice(i: int, **changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "notice_id": f"n{i}", "event_id": f"e{i}", "step_index": 0, "stage": "m1",
+        "channel": "sms", "template": "cn_m1", "locale": "zh-CN", "account_id": f"A{i % 3}",
+        "debtor_id": f"D{i}", "escalation_at": NOW, "state": "waiting",
+        "due_at": NOW + timedelta(seconds=i), "attempts": 0, "conversation": i % 2 == 0,
+        "created_at": NOW, "updated_at": NOW}
+    row.update(changes)
+    return row
+
+
+_BY_IDS = select(notices).where(notices.c.notice_id.in_(bindparam("ids", expanding=True)))
+_WAITING_IN = select(notices.c.notice_id).where(and_(
+    notices.c.notice_id.in_(bindparam("ids", expanding=True)),
+    notices.c.state.in_(("waiting", CLAIMED)), notices.c.due_at >= bindparam("since"))
+).order_by(notices.c.notice_id)
+
+
+async def test_rows_come_back_as_sqlalchemy_reads_them(ledger: SqlLedger) -> None:
+    inserted = await ledger.write(lambda conn: direct.insert_returning(
+        conn, ledger.insert_ignore(notices, notices.c.notice_id), notices,
+        [_notice(i) for i in range(5)]))
+    assert sorted(r.notice_id for r in inserted) == [f"n{i}" for i in range(5)]
+
+    ids = ["n0", "n3", "n4"]
+    ours = await ledger.read(lambda conn: [direct.as_dict(r) for r in direct.run(
+        conn, _BY_IDS, {"ids": ids})])
+    theirs = await ledger.read(lambda conn: [dict(r._mapping) for r in conn.execute(
+        _BY_IDS, {"ids": ids})])
+    assert sorted(ours, key=lambda r: r["notice_id"]) == sorted(
+        theirs, key=lambda r: r["notice_id"])
+    assert ours[0]["due_at"].tzinfo is not None and isinstance(ours[0]["conversation"], bool)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 8, 9])
+async def test_an_in_list_of_any_length_finds_exactly_its_rows(ledger: SqlLedger,
+                                                               size: int) -> None:
+    await ledger.execute(notices.insert(), [_notice(i) for i in range(12)])
+    ids = [f"n{i}" for i in range(size)] + ["missing"] * (size > 4)
+    found = await ledger.read(lambda conn: [r.notice_id for r in direct.run(
+        conn, _WAITING_IN, {"ids": ids, "since": NOW + timedelta(seconds=1)})])
+    assert found == [f"n{i}" for i in range(1, size)]
+
+
+async def test_many_rows_and_a_count(ledger: SqlLedger) -> None:
+    await ledger.execute(notices.insert(), [_notice(i) for i in range(4)])
+    moved = update(notices).where(notices.c.notice_id == bindparam("_id")).values(
+        state=bindparam("_state"), reason=bindparam("_reason"))
+
+    def work(conn: Connection) -> int:
+        direct.run_many(conn, moved, [{"_id": "n1", "_state": CLAIMED, "_reason": "a"},
+                                      {"_id": "n2", "_state": CLAIMED, "_reason": "b"}])
+        return direct.count(conn, update(notices).where(
+            notices.c.state == CLAIMED).values(reason="c"))
+
+    assert await ledger.write(work) == 2
+    rows = await ledger.read(lambda conn: conn.execute(
+        select(notices.c.notice_id, notices.c.reason).where(notices.c.state == CLAIMED)
+        .order_by(notices.c.notice_id)).all())
+    assert [tuple(r) for r in rows] == [("n1", "c"), ("n2", "c")]
+
+
+async def test_an_insert_returns_only_the_rows_it_added(ledger: SqlLedger) -> None:
+    statement = ledger.insert_ignore(notices, notices.c.notice_id)
+    first = await ledger.write(lambda conn: direct.insert_returning(
+        conn, statement, notices, [_notice(i) for i in range(0, 150, 2)]))
+    assert len(first) == 75
+    # more rows than one statement takes, some already there, one twice
+    batch = [_notice(i) for i in range(150)] + [_notice(1)]
+    second = await ledger.write(lambda conn: direct.insert_returning(
+        conn, statement, notices, batch))
+    assert sorted(r.notice_id for r in second) == sorted(f"n{i}" for i in range(1, 150, 2))
+
+
+async def test_a_failed_statement_raises_as_sqlalchemy_does_and_undoes_the_transaction(
+        ledger: SqlLedger) -> None:
+    row = {"channel": "sms", "destination": "+8613800138000", "at": NOW}
+
+    def twice(conn: Connection) -> None:
+        direct.run_many(conn, opt_outs.insert(), [row])
+        direct.run_many(conn, opt_outs.insert(), [row])
+
+    with pytest.raises(IntegrityError):
+        await ledger.write(twice)
+    assert await ledger.opted_out([("sms", row["destination"])]) == set()
+
+
+async def test_a_lost_connection_is_reported_as_invalidated() -> None:
+    async with ledger_to_cut_off() as (ledger, cut_off):
+        await cut_off()
+        with pytest.raises(DBAPIError) as lost:
+            await ledger.read(lambda conn: direct.run(conn, _BY_IDS, {"ids": ["n1"]}))
+        assert lost.value.connection_invalidated
+        assert await ledger.read(lambda conn: direct.run(conn, _BY_IDS, {"ids": ["n1"]})) == []
