@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, text, union, update
 
 from service.ledger import direct
 from service.ledger.schema import CLAIMED, WAITING, notices
@@ -148,14 +148,23 @@ def _judge_in_turn(request: ContactRequest, history: list[tuple[str, Contact]],
 
 
 # the statements of every batch, built once: building one costs more than running it
-_HISTORY = select(
-    notices.c.notice_id, notices.c.contact_at, notices.c.channel, notices.c.account_id,
-    notices.c.debtor_id, notices.c.destination, notices.c.conversation).where(and_(
-        or_(notices.c.debtor_id.in_(bindparam("debtors", expanding=True)),
-            notices.c.account_id.in_(bindparam("accounts", expanding=True)),
-            notices.c.destination.in_(bindparam("destinations", expanding=True))),
-        notices.c.contact_at.is_not(None), notices.c.contact_at > bindparam("since"),
+_HISTORY_COLUMNS = (notices.c.notice_id, notices.c.contact_at, notices.c.channel,
+                    notices.c.account_id, notices.c.debtor_id, notices.c.destination,
+                    notices.c.conversation)
+
+
+def _history_by(column: Any, values: str) -> Any:
+    return select(*_HISTORY_COLUMNS).where(and_(
+        column.in_(bindparam(values, expanding=True)), notices.c.contact_at > bindparam("since"),
         notices.c.state.in_((CLAIMED, "sent"))))
+
+
+# one index lookup for each of debtor, account and destination (ix_notices_*_contact): as
+# one OR, SQLite walked every claimed and sent notice instead (1.3 ms against 0.05 ms with
+# 5,000 notices sent, and growing with the ledger)
+_HISTORY = union(_history_by(notices.c.debtor_id, "debtors"),
+                 _history_by(notices.c.account_id, "accounts"),
+                 _history_by(notices.c.destination, "destinations"))
 _LET_GO = update(notices).where(and_(
     notices.c.notice_id.in_(bindparam("ids", expanding=True)), notices.c.state == CLAIMED,
     notices.c.lease_owner == bindparam("owner"))).values(

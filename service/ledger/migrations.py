@@ -27,6 +27,11 @@ def _add_notice_columns(conn: Connection) -> None:
         kind = column.type.compile(dialect=conn.dialect)
         default = " NOT NULL DEFAULT FALSE" if name == "conversation" else ""
         conn.execute(text(f"ALTER TABLE notices ADD COLUMN {name} {kind}{default}"))
+    _add_notice_indexes(conn)
+
+
+def _add_notice_indexes(conn: Connection) -> None:
+    """v3: the destination index the contact rules' history needs."""
     for index in notices.indexes:
         index.create(conn, checkfirst=True)
 
@@ -34,6 +39,7 @@ def _add_notice_columns(conn: Connection) -> None:
 # version -> the step that brings a ledger from the version before to it
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_notice_columns,
+    3: _add_notice_indexes,
 }
 
 

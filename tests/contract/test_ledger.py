@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, inspect, text
 
 from service.intake import decide
-from service.ledger import Accepted, Ingest, SqlLedger
+from service.ledger import Accepted, Ingest, SqlLedger, direct
+from service.ledger.contacts import _HISTORY
 from service.policy import load_policy
+from tests.helpers.ledgers import make_ledger
 
 ROOT = Path(__file__).parent.parent.parent
 SAMPLES = ROOT / "tests" / "samples"
@@ -23,8 +26,6 @@ NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlLedger]:
-    from tests.helpers.ledgers import make_ledger
-
     async with make_ledger(request.param, tmp_path) as made:
         yield made
 
@@ -200,13 +201,11 @@ async def test_times_come_back_aware_in_utc(ledger: SqlLedger) -> None:
 
 
 async def test_a_version_1_ledger_is_migrated_forward(ledger: SqlLedger) -> None:
-    from sqlalchemy import Connection, text
-
     from service.ledger.schema import SCHEMA_VERSION
 
     def first_release(conn: Connection) -> None:  # make it look like the first release's
         for name in ("ix_notices_debtor_contact", "ix_notices_account_contact",
-                     "ix_notices_provider_id"):
+                     "ix_notices_destination_contact", "ix_notices_provider_id"):
             conn.execute(text(f"DROP INDEX {name}"))
         for column in ("destination", "contact_at", "delivery_status", "conversation"):
             conn.execute(text(f"ALTER TABLE notices DROP COLUMN {column}"))
@@ -220,4 +219,36 @@ async def test_a_version_1_ledger_is_migrated_forward(ledger: SqlLedger) -> None
     assert notice["contact_at"] is None and notice["conversation"] is False
     version = await ledger.read(lambda conn: conn.execute(text(
         "SELECT value FROM dunning_meta WHERE key = 'schema_version'")).scalar())
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
+
+
+async def test_a_version_2_ledger_gets_the_destination_index(ledger: SqlLedger) -> None:
+    def second_release(conn: Connection) -> None:
+        conn.execute(text("DROP INDEX ix_notices_destination_contact"))
+        conn.execute(text("UPDATE dunning_meta SET value = '2' WHERE key = 'schema_version'"))
+
+    def index_names(conn: Connection) -> set[str]:
+        return {index["name"] for index in inspect(conn).get_indexes("notices")}
+
+    await ledger.write(second_release)
+    assert "ix_notices_destination_contact" not in await ledger.read(index_names)
+    await ledger.create()
+    assert "ix_notices_destination_contact" in await ledger.read(index_names)
+
+
+async def test_the_contact_history_of_a_batch_is_three_index_lookups(tmp_path: Path) -> None:
+    """Not a walk over every notice ever sent, which grows with the ledger."""
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        params = {"debtors": ["D1"], "accounts": ["A1"], "destinations": ["+8613800138000"],
+                  "since": NOW}
+
+        def plan(conn: Connection) -> list[str]:
+            sql, values = direct.compiled(_HISTORY, conn.dialect, params).bind(params)
+            return [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}",
+                                                           tuple(values))]
+
+        steps = await ledger.read(plan)
+    lookups = [step for step in steps if step.startswith("SEARCH notices")]
+    assert [step.split(" USING INDEX ")[1].split(" ")[0] for step in lookups] == [
+        "ix_notices_debtor_contact", "ix_notices_account_contact",
+        "ix_notices_destination_contact"], steps
