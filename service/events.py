@@ -232,8 +232,22 @@ def stored_event(body: str) -> AnyEvent:
     return _EVENT_ADAPTER.validate_json(body)
 
 
+_NOT_JSON = (b"NaN", b"Infinity")  # constants pydantic's own parser might take
+
+
 def parse_event(body: bytes) -> AnyEvent:
-    """Bytes of one message -> one event, or :class:`BadEvent`."""
+    """Bytes of one message -> one event, or :class:`BadEvent`.
+
+    A well-formed event is parsed by pydantic straight from the bytes (half the cost of
+    ``json.loads`` and validating the result); anything it rejects, and anything that
+    could be read differently by the two, takes the step-by-step path, which names the
+    problem exactly as before.
+    """
+    if len(body) <= MAX_EVENT_BYTES and not any(word in body for word in _NOT_JSON):
+        try:
+            return _EVENT_ADAPTER.validate_json(body)
+        except ValidationError:
+            pass
     return validate_event(decode_json(body))
 
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache, lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Table, bindparam
+from sqlalchemy import Connection, Dialect, Table, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
@@ -110,6 +111,23 @@ class Compiled:
         return text, {name if index < 0 else f"{name}__{index}": value
                       for (name, index, _), value in zip(slots, values, strict=True)}
 
+    def bind_many(self, rows: Sequence[Mapping[str, Any]]
+                  ) -> tuple[str, list[Sequence[Any]] | list[dict[str, Any]]]:
+        """:meth:`bind` for many sets of values (a statement with no ``IN`` list)."""
+        if self.expanding:
+            raise ValueError("a statement with an IN list takes one set of values")
+        text, slots = self._rendered(())
+        fixed = self.fixed
+        values: list[Sequence[Any]] = [[value if binder is None else binder(value)
+                                        for name, _, binder in slots
+                                        for value in (row[name] if name in row
+                                                      else fixed[name],)]
+                                       for row in rows]
+        if self.order is not None:
+            return text, values
+        names = [name for name, _, _ in slots]
+        return text, [dict(zip(names, one, strict=True)) for one in values]
+
     def rows(self, fetched: Iterable[Sequence[Any]]) -> list[Any]:
         readers, make = self.readers, self.make_row
         if not any(readers):
@@ -182,11 +200,10 @@ def run_many(conn: Connection, statement: ClauseElement, rows: Sequence[Mapping[
     if not rows:
         return
     plan = compiled(statement, conn.dialect, rows[0])
-    bound = [plan.bind(row) for row in rows]
-    text = bound[0][0]
+    text, values = plan.bind_many(rows)
     cursor = _cursor(conn)
     try:
-        cursor.executemany(text, [values for _, values in bound])
+        cursor.executemany(text, values)
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _failed(conn, exc, text, None, cursor) from exc
     finally:
@@ -194,34 +211,61 @@ def run_many(conn: Connection, statement: ClauseElement, rows: Sequence[Mapping[
 
 
 @cache
-def _multi_insert(insert: ClauseElement, table: Table, columns: tuple[str, ...],
+def insert_ignore(dialect: str, table: Table, returning: str | None = None) -> ClauseElement:
+    """INSERT … ON CONFLICT DO NOTHING into ``table`` (RETURNING a column), built once."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    statement = insert.on_conflict_do_nothing()
+    return statement.returning(table.c[returning]) if returning else statement
+
+
+@cache
+def _known(table: Table, key: str) -> ClauseElement:
+    return select(table.c[key]).where(table.c[key].in_(bindparam("keys", expanding=True)))
+
+
+@cache
+def _multi_insert(dialect: str, table: Table, key: str, columns: tuple[str, ...],
                   size: int) -> ClauseElement:
-    """``insert`` (an INSERT … ON CONFLICT DO NOTHING RETURNING) for ``size`` rows at once."""
-    multi: ClauseElement = insert.values([  # type: ignore[attr-defined]
+    """:func:`insert_ignore` RETURNING ``key`` for ``size`` rows in one statement."""
+    multi: ClauseElement = insert_ignore(dialect, table, key).values([  # type: ignore[attr-defined]
         {name: bindparam(f"{name}__r{i}", type_=table.c[name].type) for name in columns}
         for i in range(size)])
     return multi
 
 
-def insert_returning(conn: Connection, insert: ClauseElement, table: Table,
-                     rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """``insert`` for every row (all with the same keys), as multi-row statements of up to
-    :data:`CHUNK` rows; the rows its RETURNING clause gave (a row skipped by ON CONFLICT DO
-    NOTHING gives none)."""
+def insert_new(conn: Connection, table: Table, key: str,
+               rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Insert the rows (all with the same columns) whose ``key`` is not in ``table`` yet (the
+    first of two with one key); the keys inserted, in order.
+
+    SQLite has one writer, so the keys found first are still the ones there when the rows
+    go in, all at once through the driver's ``executemany``; on PostgreSQL another worker
+    may insert the same key meanwhile, so ON CONFLICT DO NOTHING … RETURNING says which rows
+    went in (multi-row statements of up to :data:`CHUNK` rows).
+    """
     if not rows:
         return []
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        keys = list(dict.fromkeys(row[key] for row in rows))
+        known = {found[0] for found in run(conn, _known(table, key), {"keys": keys})}
+        fresh: dict[Any, Mapping[str, Any]] = {}
+        for row in rows:
+            if row[key] not in known:
+                fresh.setdefault(row[key], row)
+        run_many(conn, insert_ignore(dialect, table), list(fresh.values()))
+        return list(fresh)
     columns = tuple(rows[0])
-    found: list[Any] = []
+    inserted: list[Any] = []
     for start in range(0, len(rows), CHUNK):
         chunk = list(rows[start:start + CHUNK])
-        # 1-8 rows as they are, more rounded up to a multiple of 8: few statement texts; a
+        # 1-8 rows as they are, more rounded up to a multiple of 8 (few statement texts); a
         # repeated row is skipped as a conflict
         chunk += chunk[-1:] * (-len(chunk) % 8 if len(chunk) > 8 else 0)
-        statement = _multi_insert(insert, table, columns, len(chunk))
-        found.extend(run(conn, statement, {f"{name}__r{i}": row[name]
-                                           for i, row in enumerate(chunk)
-                                           for name in columns}))
-    return found
+        statement = _multi_insert(dialect, table, key, columns, len(chunk))
+        inserted.extend(found[0] for found in run(conn, statement, {
+            f"{name}__r{i}": row[name] for i, row in enumerate(chunk) for name in columns}))
+    return inserted
 
 
 def as_dict(row: Any) -> dict[str, Any]:

@@ -98,8 +98,7 @@ class Ingest:
                          "body": item.body})
         if not rows:
             return []
-        inserted = {row.event_id for row in direct.insert_returning(
-            conn, self.ledger.insert_ignore(events, events.c.event_id), events, rows)}
+        inserted = set(direct.insert_new(conn, events, "event_id", rows))
         new = []
         for item in batch:  # an event twice in one batch: the first one is the new one
             if item.event.event_id in inserted:
@@ -125,8 +124,7 @@ class Ingest:
         """Insert notice rows (batched by the driver); how many were new."""
         if not rows:
             return 0
-        return len(direct.insert_returning(
-            conn, self.ledger.insert_ignore(notices, notices.c.notice_id), notices, rows))
+        return len(direct.insert_new(conn, notices, "notice_id", rows))
 
     def _remember_accounts(self, conn: Connection, escalations: list[Escalated]) -> None:
         """Each account's latest escalation, as one by one in arrival order would leave it."""

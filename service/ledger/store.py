@@ -14,7 +14,6 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     Connection,
     Select,
     Table,
@@ -26,8 +25,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
 from service.ledger import direct
 from service.ledger.migrations import migrate
@@ -74,13 +71,6 @@ def _holds(conn: Connection, account_ids: Sequence[str]) -> dict[str, str]:
 def _opted_out(conn: Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
     rows = direct.run(conn, _OPTED_OUT, {"destinations": list({d for _, d in pairs})})
     return {(r.channel, r.destination) for r in rows} & set(pairs)
-
-
-@cache
-def _insert_ignore(dialect: str, table: Table, returning: Column[Any] | None) -> Insert:
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    statement = insert.on_conflict_do_nothing()
-    return statement.returning(returning) if returning is not None else statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +120,9 @@ class SqlLedger(LedgerThreads):
     async def ping(self) -> None:
         await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
 
-    def insert_ignore(self, table: Table, returning: Column[Any] | None = None) -> Insert:
+    def insert_ignore(self, table: Table) -> Any:
         """INSERT … ON CONFLICT DO NOTHING for the ledger's dialect (built once)."""
-        return _insert_ignore(self.dialect, table, returning)
+        return direct.insert_ignore(self.dialect, table)
 
     # ---- recording decisions -------------------------------------------------------------
 

@@ -43,10 +43,9 @@ _WAITING_IN = select(notices.c.notice_id).where(and_(
 
 
 async def test_rows_come_back_as_sqlalchemy_reads_them(ledger: SqlLedger) -> None:
-    inserted = await ledger.write(lambda conn: direct.insert_returning(
-        conn, ledger.insert_ignore(notices, notices.c.notice_id), notices,
-        [_notice(i) for i in range(5)]))
-    assert sorted(r.notice_id for r in inserted) == [f"n{i}" for i in range(5)]
+    inserted = await ledger.write(lambda conn: direct.insert_new(
+        conn, notices, "notice_id", [_notice(i) for i in range(5)]))
+    assert inserted == [f"n{i}" for i in range(5)]
 
     ids = ["n0", "n3", "n4"]
     ours = await ledger.read(lambda conn: [direct.as_dict(r) for r in direct.run(
@@ -86,16 +85,17 @@ async def test_many_rows_and_a_count(ledger: SqlLedger) -> None:
     assert [tuple(r) for r in rows] == [("n1", "c"), ("n2", "c")]
 
 
-async def test_an_insert_returns_only_the_rows_it_added(ledger: SqlLedger) -> None:
-    statement = ledger.insert_ignore(notices, notices.c.notice_id)
-    first = await ledger.write(lambda conn: direct.insert_returning(
-        conn, statement, notices, [_notice(i) for i in range(0, 150, 2)]))
+async def test_an_insert_adds_only_the_rows_that_are_new(ledger: SqlLedger) -> None:
+    first = await ledger.write(lambda conn: direct.insert_new(
+        conn, notices, "notice_id", [_notice(i) for i in range(0, 150, 2)]))
     assert len(first) == 75
-    # more rows than one statement takes, some already there, one twice
-    batch = [_notice(i) for i in range(150)] + [_notice(1)]
-    second = await ledger.write(lambda conn: direct.insert_returning(
-        conn, statement, notices, batch))
-    assert sorted(r.notice_id for r in second) == sorted(f"n{i}" for i in range(1, 150, 2))
+    # more rows than one statement takes, some already there, one twice (the first counts)
+    batch = [_notice(i) for i in range(150)] + [_notice(1, stage="m2")]
+    second = await ledger.write(lambda conn: direct.insert_new(conn, notices, "notice_id", batch))
+    assert sorted(second) == sorted(f"n{i}" for i in range(1, 150, 2))
+    stages = await ledger.read(lambda conn: conn.execute(
+        select(notices.c.stage).where(notices.c.notice_id == "n1")).scalars().all())
+    assert stages == ["m1"]
 
 
 async def test_a_failed_statement_raises_as_sqlalchemy_does_and_undoes_the_transaction(

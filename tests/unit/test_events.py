@@ -7,6 +7,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.events import (
     MAX_EVENT_BYTES,
@@ -15,8 +17,10 @@ from service.events import (
     Hold,
     OptedOut,
     PaymentReceived,
+    decode_json,
     event_json_schema,
     parse_event,
+    validate_event,
 )
 
 SAMPLES = Path(__file__).parent.parent / "samples"
@@ -123,3 +127,48 @@ def test_event_schema_says_money_is_a_string() -> None:
     assert '"amount_due": {' in schema
     account = event_json_schema()["$defs"]["Account"]["properties"]["amount_due"]
     assert account["type"] == "string"
+
+
+def _step_by_step(body: bytes) -> object:
+    """What the intake made of an event before it parsed straight from bytes."""
+    try:
+        return validate_event(decode_json(body))
+    except BadEvent as exc:
+        return (exc.code, exc.detail)
+
+
+def _parsed(body: bytes) -> object:
+    try:
+        return parse_event(body)
+    except BadEvent as exc:
+        return (exc.code, exc.detail)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                     st.text(max_size=12), st.sampled_from(["1830.00", " 12.5 ", "1e3", "-0",
+                                                            "NaN", "2026-11-28T09:30:00+08:00",
+                                                            "2026-11-28T09:30:00"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from([("event_id",), ("occurred_at",), ("account", "amount_due"),
+                              ("account", "currency"), ("account", "days_past_due"),
+                              ("account", "card_last4"), ("debtor", "locale"),
+                              ("debtor", "name"), ("context", "note"), ("stage",)]),
+       value=_SCALARS, escape=st.booleans())
+def test_parsing_straight_from_bytes_answers_as_the_step_by_step_path(
+        field: tuple[str, ...], value: object, escape: bool) -> None:
+    data = json.loads((SAMPLES / "escalated_m1_cn.json").read_bytes())
+    target = data
+    for key in field[:-1]:
+        target = target.setdefault(key, {})
+    target[field[-1]] = value
+    body = json.dumps(data, ensure_ascii=escape).encode()
+    assert _parsed(body) == _step_by_step(body)
+
+
+def test_a_key_given_twice_counts_once_as_the_last_one_in_both_paths() -> None:
+    body = (SAMPLES / "escalated_m1_cn.json").read_bytes().replace(
+        b'"event_id"', b'"event_id": "first", "event_id"', 1)
+    assert _parsed(body) == _step_by_step(body)
+    assert parse_event(body).event_id != "first"
