@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from babel.numbers import format_currency
 from jinja2 import UndefinedError
 
 from service.rendering import (
@@ -40,6 +41,16 @@ def test_money_is_locale_aware_with_grouping(tmp_path: Path) -> None:
     renderer = Renderer(tmp_path)
     assert renderer.render(data()).parts["text"] == "¥1,830.00"
     assert renderer.render(data("en-US", currency="USD")).parts["text"] == "$1,830.00"
+
+
+def test_remembered_amounts_are_formatted_as_babel_formats_each(tmp_path: Path) -> None:
+    write(tmp_path, "t/zh-CN/sms.txt.j2", "{{ account.amount_due | money(account.currency) }}")
+    renderer = Renderer(tmp_path)
+    for amount in ("0", "-0", "0", "1830.00", "1830.0", "1830.005", "-12.5", "-12.50"):
+        notice = data()
+        notice.account["amount_due"] = Decimal(amount)
+        assert renderer.render(notice).parts["text"] == format_currency(
+            Decimal(amount), "CNY", locale="zh_CN"), amount
 
 
 def test_date_filter_follows_the_locale(tmp_path: Path) -> None:
