@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, text, union, update
+from sqlalchemy import Connection, and_, bindparam, select, text, union, update
 
 from service.ledger import direct
 from service.ledger.schema import CLAIMED, WAITING, notices
@@ -36,19 +36,10 @@ def _lock_debtor(conn: Connection, dialect: str, debtor_id: str) -> None:
 
 def contact_history(conn: Connection, notice: dict[str, Any], destination: str | None,
                     now: datetime) -> list[Contact]:
-    scope = [notices.c.debtor_id == notice["debtor_id"],
-             notices.c.account_id == notice["account_id"]]
-    if destination:
-        scope.append(notices.c.destination == destination)
-    rows = conn.execute(select(
-        notices.c.contact_at, notices.c.channel, notices.c.account_id, notices.c.debtor_id,
-        notices.c.destination, notices.c.conversation).where(and_(
-            or_(*scope), notices.c.contact_at.is_not(None),
-            notices.c.contact_at > now - timedelta(days=HISTORY_DAYS),
-            notices.c.state.in_((CLAIMED, "sent")),
-            notices.c.notice_id != notice["notice_id"])))
-    return [Contact(r.contact_at, r.channel, r.account_id, r.debtor_id, r.destination,
-                    bool(r.conversation)) for r in rows]
+    """The contacts that count for one notice (its own aside)."""
+    found = _history(conn, [notice["debtor_id"]], [notice["account_id"]],
+                     [destination] if destination else [], now)
+    return [contact for notice_id, contact in found if notice_id != notice["notice_id"]]
 
 
 async def decide_contact(ledger: SqlLedger, notice: dict[str, Any], destination: str,
@@ -150,13 +141,15 @@ def _judge_in_turn(request: ContactRequest, history: list[tuple[str, Contact]],
 # the statements of every batch, built once: building one costs more than running it
 _HISTORY_COLUMNS = (notices.c.notice_id, notices.c.contact_at, notices.c.channel,
                     notices.c.account_id, notices.c.debtor_id, notices.c.destination,
-                    notices.c.conversation)
+                    notices.c.conversation, notices.c.state)
+_COUNTED = (CLAIMED, "sent")  # what a contact in the history is: let go, or sent
 
 
 def _history_by(column: Any, values: str) -> Any:
+    # the state is checked on the rows found, not in SQL: SQLite, knowing nothing of how
+    # many notices are sent, would otherwise walk ix_notices_state_due over all of them
     return select(*_HISTORY_COLUMNS).where(and_(
-        column.in_(bindparam(values, expanding=True)), notices.c.contact_at > bindparam("since"),
-        notices.c.state.in_((CLAIMED, "sent"))))
+        column.in_(bindparam(values, expanding=True)), notices.c.contact_at > bindparam("since")))
 
 
 # one index lookup for each of debtor, account and destination (ix_notices_*_contact): as
@@ -176,13 +169,21 @@ _DESTINATION = update(notices).where(notices.c.notice_id == bindparam("id")).val
 
 def _batch_history(conn: Connection, requests: list[ContactRequest],
                    now: datetime) -> list[tuple[str, Contact]]:
+    return _history(conn, list({r.notice["debtor_id"] for r in requests}),
+                    list({r.notice["account_id"] for r in requests}),
+                    list({r.destination for r in requests}), now)
+
+
+def _history(conn: Connection, debtors: list[str], accounts: list[str],
+             destinations: list[str], now: datetime) -> list[tuple[str, Contact]]:
+    """(notice id, contact) of every contact of these debtors, accounts or destinations in
+    the longest window a rule counts."""
     rows = direct.run(conn, _HISTORY, {
-        "debtors": list({r.notice["debtor_id"] for r in requests}),
-        "accounts": list({r.notice["account_id"] for r in requests}),
-        "destinations": list({r.destination for r in requests}),
+        "debtors": debtors, "accounts": accounts, "destinations": destinations,
         "since": now - timedelta(days=HISTORY_DAYS)})
     return [(r.notice_id, Contact(r.contact_at, r.channel, r.account_id, r.debtor_id,
-                                  r.destination, bool(r.conversation))) for r in rows]
+                                  r.destination, bool(r.conversation)))
+            for r in rows if r.state in _COUNTED]
 
 
 def _let_go(conn: Connection, requests: list[ContactRequest], now: datetime,

@@ -239,8 +239,10 @@ async def test_a_version_2_ledger_gets_the_destination_index(ledger: SqlLedger) 
 async def test_the_contact_history_of_a_batch_is_three_index_lookups(tmp_path: Path) -> None:
     """Not a walk over every notice ever sent, which grows with the ledger."""
     async with make_ledger("sqlite", tmp_path) as ledger:
-        params = {"debtors": ["D1"], "accounts": ["A1"], "destinations": ["+8613800138000"],
-                  "since": NOW}
+        # a batch's worth: with more than a few values, SQLite preferred walking the state
+        params = {"debtors": [f"D{i}" for i in range(16)],
+                  "accounts": [f"A{i}" for i in range(16)],
+                  "destinations": [f"+86138001380{i:02d}" for i in range(32)], "since": NOW}
 
         def plan(conn: Connection) -> list[str]:
             sql, values = direct.compiled(_HISTORY, conn.dialect, params).bind(params)
