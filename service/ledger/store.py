@@ -111,11 +111,19 @@ class SqlLedger(LedgerThreads):
     async def create(self) -> None:
         """Create or check the schema (idempotent)."""
         if self.dialect == "sqlite":
-            await self.read(lambda conn: conn.exec_driver_sql("PRAGMA journal_mode=WAL").all())
+            await self.read(self._write_ahead_log)
         try:
             await self.write(migrate)
         except RuntimeError as exc:
             raise LedgerUnavailable(str(exc)) from None
+
+    @staticmethod
+    def _write_ahead_log(conn: Connection) -> None:
+        """SQLite: readers beside the writer, and commits that the ledger's thread makes
+        durable in groups (:class:`~service.ledger.threads.DurableWriter`)."""
+        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+        if mode == "wal":
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
 
     async def ping(self) -> None:
         await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())

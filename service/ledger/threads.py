@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Result, create_engine
+from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
 from service import metrics
@@ -28,6 +30,8 @@ T = TypeVar("T")
 Work = Callable[[Connection], T]  # a transaction's statements, run on a ledger thread
 PG_CONNECTIONS = 8  # pooled PostgreSQL connections of one worker, and ledger threads
 PG_CONNECT_TIMEOUT_S = 10  # unless the URL says (?connect_timeout=…)
+SYNC_EVERY = 32  # SQLite: transactions made durable together at most …
+SYNC_WITHIN_S = 0.01  # … and no answer held back longer than this for company
 
 
 def driver_url(url: str) -> str:
@@ -43,8 +47,10 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     url = driver_url(url)
     if url.startswith("sqlite"):
         # one connection: SQLite has one writer, and serialising here avoids "database is locked"
-        return create_engine(url, pool_size=1, max_overflow=0,
-                             connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, pool_size=1, max_overflow=0,
+                               connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sync_by_writer)
+        return engine
     args: dict[str, Any] = {}
     if schema:
         args["options"] = f"-csearch_path={schema}"
@@ -52,6 +58,107 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     return create_engine(url, pool_size=PG_CONNECTIONS, max_overflow=4, pool_pre_ping=True,
                          connect_args=args)
+
+
+def _sync_by_writer(dbapi_connection: Any, _record: Any) -> None:
+    """In write-ahead-log mode the commit appends to the log and the
+    :class:`DurableWriter` makes it durable (``fsync``) before anyone hears of it."""
+    if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def wal_path(engine: Engine) -> str | None:
+    """The write-ahead log of a SQLite file ledger (None for PostgreSQL or in memory)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return f"{database}-wal"
+
+
+class DurableWriter(Executor):
+    """SQLite's one ledger thread, committing for many callers with one ``fsync``.
+
+    Each transaction still commits on its own, in turn, but to the write-ahead log only
+    (``synchronous=NORMAL``); its answer (result or error) is held back until the log is
+    on disk. The thread makes the log durable (one ``fsync`` of the file, what
+    ``synchronous=FULL`` does at every commit) when nothing more is waiting, or after
+    :data:`SYNC_EVERY` transactions or :data:`SYNC_WITHIN_S`, then answers all of them.
+    So no caller acts on what a power cut could still undo (an ack to the broker, a send
+    to a provider, an outcome published), and a busy ledger pays one ``fsync`` for many
+    commits instead of one each: each cost 0.25-0.7 ms on the development machine, in a
+    single queue, and added ~90 ms to the end-to-end p99 at half capacity.
+    """
+
+    def __init__(self, wal: str) -> None:
+        self.wal = wal
+        self.dirty = False  # a commit since the last fsync (set by the transaction)
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="ledger_0", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        held: list[tuple[Future[Any], Any, BaseException | None]] = []
+        since = 0.0  # when the oldest answer held back was ready
+        while True:
+            try:
+                item = (self._queue.get(timeout=max(since + SYNC_WITHIN_S - time.monotonic(), 0))
+                        if held else self._queue.get())
+            except queue.Empty:  # held back long enough
+                self._answer(held)
+                held = []
+                continue
+            if item is None:
+                self._answer(held)
+                return
+            future, work = item
+            if future.set_running_or_notify_cancel():
+                if not held:
+                    since = time.monotonic()
+                try:
+                    held.append((future, work(), None))
+                except BaseException as exc:  # noqa: BLE001 - the caller's, with its answer
+                    held.append((future, None, exc))
+            if held and (self._queue.empty() or len(held) >= SYNC_EVERY
+                         or time.monotonic() - since >= SYNC_WITHIN_S):
+                self._answer(held)
+                held = []
+
+    def _answer(self, held: list[tuple[Future[Any], Any, BaseException | None]]) -> None:
+        failed: BaseException | None = None
+        if self.dirty:
+            try:
+                self.sync()
+            except OSError as exc:  # committed, but not known to be on disk: say so
+                failed = exc
+        for future, result, error in held:
+            if error is not None:
+                future.set_exception(error)
+            elif failed is not None:
+                future.set_exception(failed)
+            else:
+                future.set_result(result)
+
+    def sync(self) -> None:
+        self.dirty = False
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no log: everything is in the database file, synced at the checkpoint
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _settled(value: T) -> T:
@@ -79,8 +186,10 @@ class LedgerThreads:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        threads = 1 if self.dialect == "sqlite" else PG_CONNECTIONS
-        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="ledger")
+        wal = wal_path(engine)
+        self._writer = DurableWriter(wal) if wal else None
+        self._threads: Executor = self._writer or ThreadPoolExecutor(
+            1 if self.dialect == "sqlite" else PG_CONNECTIONS, thread_name_prefix="ledger")
         self._local = threading.local()  # each ledger thread's own connection
         self._kept: set[Connection] = set()
         self._kept_lock = threading.Lock()
@@ -143,10 +252,13 @@ class LedgerThreads:
         conn = self._connection()
         try:
             with conn.begin():
-                return _settled(work(conn))
+                done = _settled(work(conn))
         except BaseException as exc:
             self._drop(conn, exc)
             raise
+        if self._writer is not None:
+            self._writer.dirty = True  # committed to the log: on disk before it is answered
+        return done
 
     def _connected(self, work: Work[T]) -> T:
         conn = self._connection()

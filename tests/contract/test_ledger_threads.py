@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,3 +94,56 @@ async def test_a_transaction_queued_behind_a_slow_one_shows_as_waiting(tmp_path:
         await slow_write
         assert _seconds("dunning_ledger_wait_seconds") - waited >= 0.2
         assert _seconds("dunning_ledger_transaction_seconds") - busy >= 0.3
+
+
+def _wal_syncs(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[float]:
+    """When the SQLite write-ahead log was fsynced (os.fsync watched, or made to fail)."""
+    synced: list[float] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            if fail:
+                raise OSError(errno.EIO, "the disk went away")
+            real_fsync(fd)
+            synced.append(time.monotonic())
+            return
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+async def test_sqlite_commits_are_on_disk_before_anyone_hears_of_them_and_share_fsyncs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        assert await ledger.read(lambda conn: conn.exec_driver_sql(
+            "PRAGMA synchronous").scalar()) == 1  # NORMAL: the ledger's thread syncs the log
+        synced = _wal_syncs(monkeypatch)
+        committed: dict[int, float] = {}
+
+        def insert(i: int) -> Callable[[Connection], None]:
+            def work(conn: Connection) -> None:
+                conn.execute(opt_outs.insert().values(channel="sms", destination=f"+86{i}",
+                                                      at=NOW))
+                committed[i] = time.monotonic()  # the commit follows at once
+            return work
+
+        async def one(i: int) -> tuple[int, float]:
+            await ledger.write(insert(i))
+            return i, time.monotonic()
+
+        answered = await asyncio.gather(*(one(i) for i in range(60)))
+    for i, at in answered:
+        assert any(committed[i] <= sync <= at for sync in synced), i
+    assert 1 <= len(synced) < 30  # sixty commits, a few fsyncs
+
+
+async def test_a_log_that_cannot_be_synced_fails_the_writes_waiting_on_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        _wal_syncs(monkeypatch, fail=True)
+        with pytest.raises(OSError, match="the disk went away"):
+            await ledger.execute(opt_outs.insert().values(channel="sms",
+                                                          destination="+8613800138000", at=NOW))
+        assert await ledger.opted_out([("sms", "+8613800138000")])  # a read needs no sync
