@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import tempfile
 from collections.abc import Callable
@@ -89,6 +90,10 @@ async def _scaling(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -> N
 
 async def measure(sizes: Sizes, quick: bool, say: Say) -> Results:
     results: Results = {"quick": quick, "loop": loop_kind()}
+    # the bench's own imports frozen, as the worker freezes its own: a full collection here
+    # paused this process for 50-190 ms, and an outcome it was about to time waited as long
+    gc.collect()
+    gc.freeze()
     with tempfile.TemporaryDirectory(prefix="dunning-bench-") as tmp:
         responders = Responders().start()
         env = BenchEnv(Path(tmp), responders)
