@@ -48,9 +48,7 @@ class LedgerUnavailable(Exception):
 
 
 def row_dict(row: Any) -> dict[str, Any]:
-    """A row as a dict of its columns (a SQLAlchemy row, or a row of :func:`direct.run`)."""
-    mapping = getattr(row, "_mapping", None)
-    return dict(mapping) if mapping is not None else direct.as_dict(row)
+    return dict(row._mapping)
 
 
 # the statements of every round of the dispatcher, built once (see _claiming)
@@ -110,20 +108,10 @@ class SqlLedger(LedgerThreads):
 
     async def create(self) -> None:
         """Create or check the schema (idempotent)."""
-        if self.dialect == "sqlite":
-            await self.read(self._write_ahead_log)
         try:
             await self.write(migrate)
         except RuntimeError as exc:
             raise LedgerUnavailable(str(exc)) from None
-
-    @staticmethod
-    def _write_ahead_log(conn: Connection) -> None:
-        """SQLite: readers beside the writer, and commits that the ledger's thread makes
-        durable in groups (:class:`~service.ledger.threads.DurableWriter`)."""
-        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
-        if mode == "wal":
-            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
 
     async def ping(self) -> None:
         await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
@@ -216,7 +204,7 @@ class SqlLedger(LedgerThreads):
             rows = direct.run(conn, statements.claim, {
                 **values, "ids": [row.notice_id for row in found]})
             # a lease that expired while claimed: its send may have happened (reconcile first)
-            return [row_dict(r) for r in rows], {r.notice_id for r in found
+            return [direct.as_dict(r) for r in rows], {r.notice_id for r in found
                                                  if r.state == CLAIMED}
 
         claimed, lapsed = await self.write(work)

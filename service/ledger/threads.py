@@ -49,7 +49,7 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         # one connection: SQLite has one writer, and serialising here avoids "database is locked"
         engine = create_engine(url, pool_size=1, max_overflow=0,
                                connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sync_by_writer)
+        event.listen(engine, "connect", _write_ahead_log)
         return engine
     args: dict[str, Any] = {}
     if schema:
@@ -60,10 +60,12 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
                          connect_args=args)
 
 
-def _sync_by_writer(dbapi_connection: Any, _record: Any) -> None:
-    """In write-ahead-log mode the commit appends to the log and the
-    :class:`DurableWriter` makes it durable (``fsync``) before anyone hears of it."""
-    if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection: a write-ahead log (readers beside the writer; a file keeps
+    the mode), to which a commit only appends; the :class:`DurableWriter` makes it durable
+    (``fsync``) before anyone hears of it. An in-memory database keeps its own mode."""
+    mode = dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode == "wal":
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
@@ -213,8 +215,7 @@ class LedgerThreads:
         """``work(conn)`` for a long read (the counts behind /metrics) that must hold up no
         transaction: on SQLite, on a connection and thread of its own (its write-ahead log
         lets one read while the other writes); elsewhere as :meth:`read`."""
-        database = self.engine.url.database
-        if self.dialect != "sqlite" or not database or database == ":memory:":
+        if wal_path(self.engine) is None:  # PostgreSQL, or SQLite in memory
             return await self.read(work)
         if self._aside is None:
             self._aside = (make_engine(self.engine.url.render_as_string(hide_password=False)),
