@@ -9,13 +9,16 @@ a server offers no STARTTLS); the message is built with the legacy ``email.mime`
 (about three times cheaper than ``EmailMessage``), with a boundary of its own (else the
 generator compiles a regular expression for every message to pick one), flattened once
 here without re-folding headers that need no folding (:data:`SMTP_POLICY`), the From
-setting parsed once: 0.6 ms became 0.15 ms a message; the dict of refused recipients that
-``sendmail`` returns is checked, since a partial refusal raises nothing.
+setting parsed once; the text parts are base64-encoded in one call and written in one piece
+(:func:`text_part`, :class:`SmtpGenerator`), not 57 bytes and one line at a time; the dict of
+refused recipients that ``sendmail`` returns is checked, since a partial refusal raises
+nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +26,7 @@ from contextlib import asynccontextmanager
 from email.generator import BytesGenerator
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import formataddr, formatdate, parseaddr
 from functools import lru_cache
@@ -84,12 +87,47 @@ class _Compat32Unfolded(Compat32):
 
 
 SMTP_POLICY = _Compat32Unfolded()
+BASE64_LINE = 76  # characters of a base64 body line (RFC 2045), as ``MIMEText`` writes them
+
+
+def text_part(body: str, subtype: str) -> MIMENonMultipart:
+    """``MIMEText(body, subtype, "utf-8")``, the same headers and payload, made cheaper.
+
+    ``MIMEText`` base64-encodes the body 57 bytes at a time through ``email.charset``; here
+    it is one ``b64encode`` cut into lines of 76 characters, each ending in ``\\n``, which
+    is exactly the payload ``MIMEText`` stores (a unit test compares the two).
+    """
+    part = MIMENonMultipart("text", subtype, charset="utf-8")
+    part["Content-Transfer-Encoding"] = "base64"
+    encoded = base64.b64encode(body.encode("utf-8")).decode("ascii")
+    part.set_payload("".join(encoded[i:i + BASE64_LINE] + "\n"
+                             for i in range(0, len(encoded), BASE64_LINE)))
+    return part
+
+
+class SmtpGenerator(BytesGenerator):
+    """``BytesGenerator`` that writes a base64 text part in one piece.
+
+    The generator writes a text payload line by line (two writes and two encodings a line,
+    about 120 lines a notice) after scanning it for ``From`` lines to mangle. A base64
+    payload has neither a space nor a line ending but ``\\n``, so it goes out as one write
+    with its line endings made the generator's own: the same bytes.
+    """
+
+    def _handle_text(self, msg: Any) -> None:
+        payload = msg.get_payload()
+        if (isinstance(payload, str) and payload.isascii() and "\r" not in payload
+                and self.policy is not None  # flatten() sets it before any part is written
+                and msg.get("Content-Transfer-Encoding", "").lower() == "base64"):
+            self.write(payload.replace("\n", self.policy.linesep))
+            return
+        super()._handle_text(msg)  # type: ignore[misc]  # a generator hook typeshed omits
 
 
 def flatten(message: MIMEMultipart) -> bytes:
     """The bytes of ``message`` as they go to the SMTP server."""
     with io.BytesIO() as out:
-        BytesGenerator(out, policy=SMTP_POLICY).flatten(message)
+        SmtpGenerator(out, policy=SMTP_POLICY).flatten(message)
         return out.getvalue()
 
 
@@ -120,7 +158,7 @@ def build_message(notice: RenderedNotice, email_from: str) -> MIMEMultipart:
     message["Message-ID"] = message_id_for(notice.notice_id, message_domain(email_from))
     message[NOTICE_ID_HEADER] = notice.notice_id
     for kind, body in bodies:
-        message.attach(MIMEText(body, kind, "utf-8"))
+        message.attach(text_part(body, kind))
     return message
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from babel.numbers import format_currency
-from jinja2 import UndefinedError
+from jinja2 import DictLoader, Environment, StrictUndefined, UndefinedError
 
 from service.rendering import (
+    NoticeEnvironment,
     Renderer,
     RenderInput,
     TemplateMissing,
@@ -79,6 +80,42 @@ def test_undefined_variables_fail_instead_of_rendering_blank(tmp_path: Path) -> 
     write(tmp_path, "t/zh-CN/sms.txt.j2", "{{ account.nope }}")
     with pytest.raises(UndefinedError):
         Renderer(tmp_path).render(data())
+
+
+class Attributes(dict):  # type: ignore[type-arg]
+    """A dict with an attribute of its own: not a plain dict, so Jinja2's own lookup runs."""
+
+    amount_due = "from the attribute"
+
+
+LOOKUPS = {
+    "item": "{{ account.amount_due }}",
+    "nested": "{{ debtor.address.city }}",
+    "dict_method": "{{ account.items() | list | length }}",  # the method, not the key
+    "key_named_like_a_method": "{{ account.get }}",
+    "get_call": "{{ account.get('missing', 'fallback') }}",
+    "dunder": "{{ account.__class__.__name__ }}",
+    "subclass": "{{ special.amount_due }}",
+    "list_item": "{{ lines.0 }}",
+    "object": "{{ today.year }}",
+}
+
+
+@pytest.mark.parametrize("name", LOOKUPS)
+def test_dict_lookups_give_what_jinja2_itself_gives(name: str) -> None:
+    values = {"account": {"amount_due": Decimal("1.50"), "items": "key", "get": "key"},
+              "debtor": {"address": {"city": "上海"}}, "special": Attributes(amount_due="k"),
+              "lines": ["one"], "today": date(2026, 11, 29)}
+    rendered = [kind(loader=DictLoader(LOOKUPS), undefined=StrictUndefined)
+                .get_template(name).render(values) for kind in (Environment, NoticeEnvironment)]
+    assert rendered[0] == rendered[1]
+
+
+@pytest.mark.parametrize("template", ["{{ account.missing }}", "{{ account.missing.deeper }}"])
+def test_a_missing_key_is_still_an_undefined_error(template: str) -> None:
+    env = NoticeEnvironment(loader=DictLoader({"t": template}), undefined=StrictUndefined)
+    with pytest.raises(UndefinedError, match="missing"):
+        env.get_template("t").render(account={"amount_due": 1})
 
 
 def test_html_is_autoescaped_and_text_is_not(tmp_path: Path) -> None:
