@@ -42,10 +42,16 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
     def ok(name: str) -> str:
         return ("ok" if t[name] else "MISSED") + f" ({TARGETS[name][1]})"
 
+    def around(key: str) -> str:
+        return (f"mean of {r[f'{key}_before_per_s']:,.0f} before, "
+                f"{r[f'{key}_after_per_s']:,.0f} after")
+
     return [
-        ("1 raw consume+ack (prefetch 200)", _fmt(r["raw_consume_ack_per_s"], "msg/s"), "", ""),
-        ("1 raw twilio SDK (concurrency 16)", _fmt(r["raw_sdk_per_s"], "msg/s"), "", ""),
-        ("1 raw aiosmtplib (pool)", _fmt(r["raw_smtp_per_s"], "msg/s"), "", ""),
+        ("1 raw consume+ack (prefetch 200)", _fmt(r["raw_consume_ack_per_s"], "msg/s"),
+         around("raw_consume_ack"), ""),
+        ("1 raw twilio SDK (concurrency 16)", _fmt(r["raw_sdk_per_s"], "msg/s"),
+         around("raw_sdk"), ""),
+        ("1 raw aiosmtplib (pool)", _fmt(r["raw_smtp_per_s"], "msg/s"), around("raw_smtp"), ""),
         ("2 intake queue -> ledger", _fmt(r["intake_per_s"], "events/s"),
          f"{r['intake_ratio']:.2f} x raw", ok("intake")),
         ("3 dispatch sms", _fmt(r["dispatch_sms_per_s"], "notices/s"),

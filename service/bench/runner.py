@@ -6,8 +6,9 @@ import asyncio
 import gc
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from service.bench import ceilings, stages
 from service.bench.common import FULL, QUICK, Sizes, lag_p99_ms, loop_kind, run_loop
@@ -16,38 +17,67 @@ from service.bench.env import BenchEnv
 from service.bench.report import Results, json_line, judge, ratio, table
 from service.bench.responders import Responders
 from service.bench.scaling import measure_scaling
+from service.config import Settings
 from service.policy import PolicyError, load_policy
 from service.rendering import Renderer
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 E2E_WARM_UP = 20  # events through the fresh worker before its capacity is measured
 
 
-async def _ceilings(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -> None:
-    settings = env.settings("raw")
-    say(f"raw ceilings: {sizes.raw} messages each")
-    results["raw_consume_ack_per_s"] = await ceilings.raw_consume(settings, sizes.raw)
-    results["raw_sdk_per_s"] = await ceilings.raw_sdk(settings, sizes.raw)
-    results["raw_smtp_per_s"] = await ceilings.raw_smtp(settings, sizes.raw)
+CEILINGS = {  # stage -> (its ceiling's key, how the ceiling is measured)
+    "intake": ("raw_consume_ack", ceilings.raw_consume),
+    "dispatch_sms": ("raw_sdk", ceilings.raw_sdk),
+    "dispatch_email": ("raw_smtp", ceilings.raw_smtp),
+}
+
+
+async def _between_ceilings(raw: Settings, sizes: Sizes, results: Results, stage: str,
+                            run: Coroutine[Any, Any, T]) -> T:
+    """Run a stage between two measurements of its ceiling, right before and right after."""
+    key, measure = CEILINGS[stage]
+    try:
+        results[f"{key}_before_per_s"] = await measure(raw, sizes.raw)
+    except BaseException:
+        run.close()  # never started
+        raise
+    found = await run
+    results[f"{key}_after_per_s"] = await measure(raw, sizes.raw)
+    return found
+
+
+def _compare(results: Results, stage: str, per_s: float) -> None:
+    """The stage's rate and its ratio to the mean of its two ceilings: a machine that
+    speeds up or slows down during the run moves both sides alike."""
+    key = CEILINGS[stage][0]
+    ceiling = results[f"{key}_per_s"] = (
+        results[f"{key}_before_per_s"] + results[f"{key}_after_per_s"]) / 2
+    results[f"{stage}_per_s"] = per_s
+    results[f"{stage}_ratio"] = ratio(per_s, ceiling)
 
 
 async def _stages(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -> None:
-    settings = env.settings("intake")
+    settings, raw = env.settings("intake"), env.settings("raw")
     policy = load_policy(settings.policy_path)
     renderer = Renderer(settings.templates_dir, policy.default_locale)
-    say(f"intake: a backlog of {sizes.intake} events")
-    results["intake_per_s"] = await stages.intake_stage(settings, policy, env.run, sizes.intake)
-    results["intake_ratio"] = ratio(results["intake_per_s"], results["raw_consume_ack_per_s"])
+    say(f"intake: a backlog of {sizes.intake} events, between two raw consumes of "
+        f"{sizes.raw} messages")
+    _compare(results, "intake", await _between_ceilings(
+        raw, sizes, results, "intake",
+        stages.intake_stage(settings, policy, env.run, sizes.intake)))
     lags = []
-    for channel, ceiling in (("sms", "raw_sdk_per_s"), ("email", "raw_smtp_per_s")):
-        say(f"dispatch: {sizes.dispatch} {channel} notices")
-        found = await stages.dispatch_stage(env.settings(f"dispatch-{channel}"), policy,
+    for channel in ("sms", "email"):
+        say(f"dispatch: {sizes.dispatch} {channel} notices, between two raw sends of "
+            f"{sizes.raw} messages")
+        found = await _between_ceilings(raw, sizes, results, f"dispatch_{channel}",
+                                        stages.dispatch_stage(
+                                            env.settings(f"dispatch-{channel}"), policy,
                                             renderer, f"{env.run}-{channel}", channel,
-                                            sizes.dispatch)
+                                            sizes.dispatch))
         if found.sent != sizes.dispatch:
             raise RuntimeError(f"dispatch sent {found.sent} of {sizes.dispatch} {channel}")
-        results[f"dispatch_{channel}_per_s"] = found.per_s
-        results[f"dispatch_{channel}_ratio"] = ratio(found.per_s, results[ceiling])
+        _compare(results, f"dispatch_{channel}", found.per_s)
         results[f"lag_dispatch_{channel}_p99_ms"] = found.lag_p99_ms
         lags.append(found.lag_p99_ms)
     results["lag_dispatch_p99_ms"] = max(lags)
@@ -98,7 +128,7 @@ async def measure(sizes: Sizes, quick: bool, say: Say) -> Results:
         responders = Responders().start()
         env = BenchEnv(Path(tmp), responders)
         try:
-            for step in (_ceilings, _stages, _end_to_end, _scaling):
+            for step in (_stages, _end_to_end, _scaling):
                 await step(env, sizes, results, say)
         finally:
             await env.cleanup()
