@@ -152,7 +152,6 @@ class Worker:
         # a tenth as often (at half the bench's capacity, seven in 30 s of 22-59 ms each)
         gc.set_threshold(*GC_THRESHOLDS)
         await self.intake.start()
-        metrics.CONSUMER_ATTACHED.set(1)
         log.info("worker_started", queue=self.settings.queue, owner=dispatcher.owner,
                  channels=bootstrap.describe(adapters), http_port=self.settings.http_port)
         stopper = asyncio.create_task(self.stop.wait())
@@ -166,7 +165,6 @@ class Worker:
                      tasks: dict[str, asyncio.Task[None]]) -> None:
         assert self.intake is not None
         self.draining = True
-        metrics.CONSUMER_ATTACHED.set(0)
         log.info("worker_draining", grace_s=self.settings.drain_timeout_s)
         await self.intake.stop_consuming()
         await asyncio.wait([tasks["intake"]], timeout=self.settings.drain_timeout_s)

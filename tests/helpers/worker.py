@@ -120,6 +120,15 @@ class WorkerProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace") \
             if self.log_path.exists() else ""
 
+    async def logged(self, text: str, timeout_s: float = 15.0) -> bool:
+        """Wait until ``text`` is in the worker's logs; whether it came in time."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while text not in self.logs():
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     def terminate(self, timeout_s: float = 40.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
