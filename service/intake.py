@@ -135,12 +135,12 @@ class Intake:
         self._consuming: tuple[AmqpChannel, str] | None = None  # the channel, the consumer tag
         self._resubscribing: asyncio.Task[None] | None = None
         self._stopping = False
-        self.attached = False  # see _attached()
+        metrics.CONSUMER_ATTACHED.set_function(lambda: float(self.attached))
 
-    def _attached(self, attached: bool) -> None:
+    @property
+    def attached(self) -> bool:
         """Whether the consumer is attached: for /readyz and dunning_consumer_attached."""
-        self.attached = attached
-        metrics.CONSUMER_ATTACHED.set(int(attached))
+        return self._consuming is not None
 
     async def start(self) -> None:
         # the robust channel remembers the prefetch and sets it again when it is reopened
@@ -161,11 +161,10 @@ class Intake:
         ok = await channel.basic_consume(self.topology.queue.name, delivered, no_ack=False)
         assert ok.consumer_tag is not None  # the broker names the consumer it made
         self._consuming = (channel, ok.consumer_tag)
-        self._attached(True)
 
     async def _on_reopened(self, *_: Any) -> None:
         """The connection came back: the channel is new, and so must the consumer be."""
-        self._attached(False)
+        self._consuming = None
         if not self._stopping:
             await self._consume()
             log.info("consumer_attached_again", queue=self.topology.queue.name)
@@ -175,7 +174,6 @@ class Intake:
         queue again and consume, retrying until it works or the intake stops."""
         if self._consuming is None or frame.consumer_tag != self._consuming[1]:
             return
-        self._attached(False)
         self._consuming = None
         log.warning("consumer_cancelled_by_broker", queue=self.topology.queue.name,
                     setting="DUNNING_QUEUE")
@@ -214,7 +212,6 @@ class Intake:
         consuming, self._consuming = self._consuming, None
         if consuming is not None and not consuming[0].is_closed:
             await consuming[0].basic_cancel(consuming[1])
-        self._attached(False)
 
     async def run(self) -> None:
         """Batch loop: runs until cancelled or, after stop_consuming, until the inbox is empty.

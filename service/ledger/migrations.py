@@ -27,11 +27,12 @@ def _add_notice_columns(conn: Connection) -> None:
         kind = column.type.compile(dialect=conn.dialect)
         default = " NOT NULL DEFAULT FALSE" if name == "conversation" else ""
         conn.execute(text(f"ALTER TABLE notices ADD COLUMN {name} {kind}{default}"))
-    _add_notice_indexes(conn)
 
 
 def _add_notice_indexes(conn: Connection) -> None:
-    """v3: the destination index the contact rules' history needs."""
+    """v3: every index of ``notices`` a ledger lacks (those of v2's columns, and the
+    destination index the contact rules' history needs); a migration always runs on to the
+    latest version, so v2's step leaves them to this one."""
     for index in notices.indexes:
         index.create(conn, checkfirst=True)
 
