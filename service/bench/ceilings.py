@@ -4,12 +4,17 @@
 - the twilio SDK: N pre-made messages created at a concurrency of 16;
 - aiosmtplib: N pre-built MIME messages sent over a pool of ``DUNNING_SMTP_POOL_SIZE``
   connections.
+
+The SDK and SMTP ceilings send the notice the dispatch stage sends (``sample``, rendered
+from the same template and event; see ``stages.sample_notice``), so that both sides of a
+ratio send the same bytes and the ratio measures the service's own work per notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from email.mime.multipart import MIMEMultipart
 
 import aio_pika
@@ -26,11 +31,6 @@ from service.intake import QUORUM
 RAW_PREFETCH = 200
 SDK_CONCURRENCY = 16
 WARM_UP = 20  # requests before the clock starts (connections, lazy imports)
-SMS_BODY = ("【示例银行】张伟您好，您尾号4321的信用卡已逾期34天，应还1830.00元。"
-            "请尽快还款，如已还款请忽略。客服400-820-0000")
-EMAIL_TEXT = "张伟您好：\n\n" + "您尾号4321的信用卡账户已逾期34天，应还金额1830.00元。\n" * 8
-EMAIL_HTML = "<html><body>" + "<p>您尾号4321的信用卡账户已逾期34天，应还金额1830.00元。</p>" * 20 \
-    + "</body></html>"
 
 
 async def raw_consume(settings: Settings, count: int) -> float:
@@ -63,8 +63,8 @@ async def raw_consume(settings: Settings, count: int) -> float:
     return rate
 
 
-async def raw_sdk(settings: Settings, count: int) -> float:
-    """Messages a second created through the twilio SDK, 16 at a time."""
+async def raw_sdk(settings: Settings, count: int, sample: RenderedNotice) -> float:
+    """Messages a second created through the twilio SDK, 16 at a time: ``sample``'s text."""
     api = TwilioApi(settings.twilio_account_sid or "", settings.twilio_auth_token or "",
                     api_base=settings.twilio_api_base, timeout_s=settings.provider_timeout_s)
     client = api.client()
@@ -73,7 +73,7 @@ async def raw_sdk(settings: Settings, count: int) -> float:
     async def one(index: int) -> None:
         async with slots:
             await client.messages.create_async(to=f"+86138{index:08d}",
-                                               from_=settings.twilio_from, body=SMS_BODY)
+                                               from_=settings.twilio_from, body=sample.parts["text"])
 
     try:
         await asyncio.gather(*(one(i) for i in range(WARM_UP)))
@@ -84,23 +84,22 @@ async def raw_sdk(settings: Settings, count: int) -> float:
         await api.aclose()
 
 
-def _messages(settings: Settings, count: int) -> list[MIMEMultipart]:
-    return [build_message(RenderedNotice(
-        notice_id=f"raw-{i}", event_id=f"raw-{i}", channel="email", template="raw",
-        locale="zh-CN", destination=f"debtor{i}@example.com",
-        parts={"subject": "信用卡逾期提醒", "text": EMAIL_TEXT, "html": EMAIL_HTML}),
-        settings.email_from) for i in range(count)]
+def _messages(settings: Settings, count: int, sample: RenderedNotice) -> list[MIMEMultipart]:
+    return [build_message(replace(sample, notice_id=f"raw-{i}", event_id=f"raw-{i}",
+                                  destination=f"debtor{i}@example.com"), settings.email_from)
+            for i in range(count)]
 
 
-async def raw_smtp(settings: Settings, count: int) -> float:
-    """Pre-built messages a second through aiosmtplib over a pool of open connections."""
+async def raw_smtp(settings: Settings, count: int, sample: RenderedNotice) -> float:
+    """Pre-built messages a second through aiosmtplib over a pool of open connections:
+    ``sample``'s message, each with a notice id and an address of its own."""
     clients = [aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port,
                                start_tls=False, use_tls=False)
                for _ in range(settings.smtp_pool_size)]
     await asyncio.gather(*(client.connect() for client in clients))
     try:
-        await _send_all(clients, _messages(settings, WARM_UP))
-        messages = _messages(settings, count)
+        await _send_all(clients, _messages(settings, WARM_UP, sample))
+        messages = _messages(settings, count, sample)
         watch = Stopwatch()
         await _send_all(clients, messages)
         return watch.rate(count)

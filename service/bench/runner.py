@@ -7,6 +7,7 @@ import gc
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,8 @@ from service.bench.env import BenchEnv
 from service.bench.report import Results, json_line, judge, ratio, table
 from service.bench.responders import Responders
 from service.bench.scaling import measure_scaling
-from service.config import Settings
+from service.channels.email import build_message, flatten
+from service.clock import make_clock
 from service.policy import PolicyError, load_policy
 from service.rendering import Renderer
 
@@ -26,31 +28,32 @@ T = TypeVar("T")
 E2E_WARM_UP = 20  # events through the fresh worker before its capacity is measured
 
 
-CEILINGS = {  # stage -> (its ceiling's key, how the ceiling is measured)
-    "intake": ("raw_consume_ack", ceilings.raw_consume),
-    "dispatch_sms": ("raw_sdk", ceilings.raw_sdk),
-    "dispatch_email": ("raw_smtp", ceilings.raw_smtp),
+CEILINGS = {  # stage -> its ceiling's key
+    "intake": "raw_consume_ack",
+    "dispatch_sms": "raw_sdk",
+    "dispatch_email": "raw_smtp",
 }
 
 
-async def _between_ceilings(raw: Settings, sizes: Sizes, results: Results, stage: str,
+async def _between_ceilings(results: Results, stage: str,
+                            ceiling: Callable[[], Coroutine[Any, Any, float]],
                             run: Coroutine[Any, Any, T]) -> T:
     """Run a stage between two measurements of its ceiling, right before and right after."""
-    key, measure = CEILINGS[stage]
+    key = CEILINGS[stage]
     try:
-        results[f"{key}_before_per_s"] = await measure(raw, sizes.raw)
+        results[f"{key}_before_per_s"] = await ceiling()
     except BaseException:
         run.close()  # never started
         raise
     found = await run
-    results[f"{key}_after_per_s"] = await measure(raw, sizes.raw)
+    results[f"{key}_after_per_s"] = await ceiling()
     return found
 
 
 def _compare(results: Results, stage: str, per_s: float) -> None:
     """The stage's rate and its ratio to the mean of its two ceilings: a machine that
     speeds up or slows down during the run moves both sides alike."""
-    key = CEILINGS[stage][0]
+    key = CEILINGS[stage]
     ceiling = results[f"{key}_per_s"] = (
         results[f"{key}_before_per_s"] + results[f"{key}_after_per_s"]) / 2
     results[f"{stage}_per_s"] = per_s
@@ -64,13 +67,19 @@ async def _stages(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -> No
     say(f"intake: a backlog of {sizes.intake} events, between two raw consumes of "
         f"{sizes.raw} messages")
     _compare(results, "intake", await _between_ceilings(
-        raw, sizes, results, "intake",
+        results, "intake", partial(ceilings.raw_consume, raw, sizes.raw),
         stages.intake_stage(settings, policy, env.run, sizes.intake)))
+    sample = {channel: stages.sample_notice(policy, renderer, make_clock(raw.clock_offset_s)(),
+                                            channel) for channel in ("sms", "email")}
+    results["sms_body_chars"] = len(sample["sms"].parts["text"])
+    results["email_message_bytes"] = len(flatten(build_message(sample["email"],
+                                                               raw.email_from)))
     lags = []
-    for channel in ("sms", "email"):
+    for channel, ceiling in (("sms", ceilings.raw_sdk), ("email", ceilings.raw_smtp)):
         say(f"dispatch: {sizes.dispatch} {channel} notices, between two raw sends of "
             f"{sizes.raw} messages")
-        found = await _between_ceilings(raw, sizes, results, f"dispatch_{channel}",
+        found = await _between_ceilings(results, f"dispatch_{channel}",
+                                        partial(ceiling, raw, sizes.raw, sample[channel]),
                                         stages.dispatch_stage(
                                             env.settings(f"dispatch-{channel}"), policy,
                                             renderer, f"{env.run}-{channel}", channel,

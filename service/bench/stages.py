@@ -18,15 +18,18 @@ from datetime import datetime
 from service import bootstrap
 from service.app import open_ledger
 from service.bench.common import LagMonitor, Stopwatch, event_body, make_event, publish_all
-from service.channels.base import ChannelAdapter
+from service.channels.base import ChannelAdapter, RenderedNotice
 from service.clock import make_clock
+from service.compose import Composer
 from service.config import Settings
 from service.dispatcher import Dispatcher
+from service.events import Escalated
 from service.intake import BrokerOutcomeSink, Intake, connect, decide, declare
 from service.ledger import Ingest, SqlLedger
 from service.policy import Policy
 from service.relay import OutcomeRelay
 from service.rendering import Renderer
+from service.rules import destination_for
 
 POLL_S = 0.005  # how often a stage checks whether it is done
 SEED_BATCH = 500
@@ -85,6 +88,24 @@ async def seed(ledger: SqlLedger, policy: Policy, now: Callable[[], datetime], r
         batch = [decide(event_body(make_event(run, i, channels)), policy)
                  for i in range(start, min(start + SEED_BATCH, count))]
         await ingest.apply(batch, now())
+
+
+def sample_notice(policy: Policy, renderer: Renderer, now: datetime, channel: str,
+                  run: str = "sample") -> RenderedNotice:
+    """The notice the dispatch stage sends on ``channel``, rendered as the dispatcher renders
+    it (same template, same kind of event, a debtor of its own): what the raw ceilings send."""
+    accepted = decide(event_body(make_event(run, 0, [channel])), policy)
+    event = accepted.event
+    assert isinstance(event, Escalated)  # make_event makes an escalation
+    step = accepted.steps[0]
+    notice = {"notice_id": step.notice_id, "event_id": event.event_id, "channel": step.channel,
+              "template": step.template, "locale": event.debtor.locale, "stage": step.stage,
+              "step_index": step.step_index,
+              "attempts": 0, "claimed_at": now}
+    destination = destination_for(channel, event.debtor.model_dump()).value
+    if destination is None:
+        raise RuntimeError(f"the bench's events have no {channel} destination")
+    return Composer(policy, renderer).render(notice, event, event, destination, now)
 
 
 def warm_templates(renderer: Renderer, template: str) -> None:

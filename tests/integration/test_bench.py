@@ -18,6 +18,7 @@ KEYS = {
     "e2e_per_s", "e2e_offered_per_s", "e2e_p50_ms", "e2e_p99_ms", "rss_idle_mb", "rss_peak_mb",
     "waiting_notices", "lag_dispatch_p99_ms", "lag_e2e_p99_ms", "scaling_one_per_s",
     "scaling_two_per_s", "scaling_ratio", "scaling_note", "targets", "all_targets_met",
+    "sms_body_chars", "email_message_bytes",
     *(f"raw_{raw}_{when}_per_s" for raw in ("consume_ack", "sdk", "smtp")
       for when in ("before", "after")),
 }
