@@ -231,6 +231,16 @@ async def test_a_refused_debtor_address_fails_the_notice_permanently(
     assert all(DEBTOR_EMAIL not in mail.rcpt_tos for mail in smtp_server.received)
 
 
+async def test_the_size_announced_on_mail_is_the_size_of_the_message_received(
+        smtp_server: SmtpTestServer, closing: Closing) -> None:
+    """RFC 1870: aiosmtpd offers SIZE, and the message is counted, not copied, to fill it."""
+    adapter = closing(SmtpEmailAdapter(smtp_settings(smtp_server)))
+    await adapter.send(notice("email", DEBTOR_EMAIL))
+    [mail] = smtp_server.received
+    assert [option.upper() for option in mail.mail_options] == [f"SIZE={len(mail.raw)}"]
+    assert mail.raw.endswith(b"\r\n") and b"\n" not in mail.raw.replace(b"\r\n", b"")
+
+
 async def test_a_refused_archive_copy_does_not_fail_a_delivered_notice(
         smtp_server: SmtpTestServer, closing: Closing) -> None:
     smtp_server.refuse_recipient(ARCHIVE)

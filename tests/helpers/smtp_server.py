@@ -30,6 +30,7 @@ class ReceivedMail:
     raw: bytes
     message: EmailMessage
     peer: tuple[str, int]  # the client's address: the same peer means a reused connection
+    mail_options: tuple[str, ...] = ()  # the MAIL command's parameters, e.g. SIZE=1234
 
 
 @dataclass(eq=False)
@@ -67,7 +68,7 @@ class _Handler:
             self.received.append(
                 ReceivedMail(
                     str(envelope.mail_from), tuple(envelope.rcpt_tos), raw, parsed,
-                    _peer(session.peer),
+                    _peer(session.peer), tuple(envelope.mail_options),
                 )
             )
         return "250 Message accepted for delivery"

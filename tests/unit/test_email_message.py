@@ -10,11 +10,12 @@ from io import BytesIO
 
 import pytest
 from aiosmtplib.email import flatten_message
+from aiosmtplib.protocol import normalize_message_line_endings
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.channels.base import RenderedNotice
-from service.channels.email import SMTP_POLICY, build_message, flatten, text_part
+from service.channels.email import SMTP_POLICY, build_message, flatten, smtp_size, text_part
 
 FROM = "招商银行信用卡中心 <collections@bank.example>"
 
@@ -68,3 +69,12 @@ def test_a_part_that_is_not_base64_is_written_as_the_stock_generator_writes_it()
         assert flatten(part) == out.getvalue() == (  # type: ignore[arg-type]
             b'Content-Type: text/plain; charset="us-ascii"\nMIME-Version: 1.0\n'
             b"Content-Transfer-Encoding: 7bit\n\n>From the bank\nline two\n")
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b" ", b"\r", b"\n", b"\r\n", b"\xe4"]), max_size=40))
+@example([b"\r\r\n"])
+@example([b"x\r"])
+def test_the_smtp_size_is_the_length_aiosmtplib_sends(pieces: list[bytes]) -> None:
+    """What ``sendmail`` measured by rewriting the line endings, counted instead."""
+    message = b"".join(pieces)
+    assert smtp_size(message) == len(normalize_message_line_endings(message))
