@@ -129,6 +129,8 @@ class Dispatcher:
         self._spawn_all(prepared)
 
     def _spawn_all(self, prepared: Prepared) -> None:
+        if prepared.decided:  # their outcomes were written with the batch's decisions
+            self.on_decided()
         for closing in prepared.closing:
             self._track(asyncio.create_task(self._closing(closing)), None)
         for notice, rendered in prepared.ready:

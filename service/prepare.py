@@ -3,7 +3,7 @@
 The same stages as :meth:`Dispatcher._prepare` for one notice, in the same order (event,
 destination, render, hold, opt-out, contact rules), but with the ledger asked once per
 batch instead of once per notice: the events in one query (each parsed once, then cached),
-holds in one, opt-outs in one, and the contact rules of the whole batch in one transaction
+then the holds, opt-outs and contact rules of the whole batch in one transaction
 (:func:`decide_contacts`). Notices this stage does not handle (a reconciliation first, a
 payment's confirmation) are handed back to go one by one.
 """
@@ -23,7 +23,7 @@ from service.events import Escalated
 from service.ledger import SqlLedger
 from service.ledger.contacts import ContactRequest, decide_contacts
 from service.reconcile import needs_reconciling
-from service.rules import Destination, check_timing, destination_for, evaluate
+from service.rules import Destination, check_timing, destination_for
 
 Terminal = Callable[..., Coroutine[Any, Any, None]]  # (notice, status, reason=…, rule=…)
 
@@ -33,13 +33,7 @@ class Prepared:
     ready: list[tuple[dict[str, Any], RenderedNotice]] = field(default_factory=list)
     one_by_one: list[dict[str, Any]] = field(default_factory=list)
     closing: list[Coroutine[Any, Any, None]] = field(default_factory=list)  # terminal writes
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    now: datetime
-    holds: dict[str, str]
-    opted: set[tuple[str, str]]
+    decided: int = 0  # notices suppressed or deferred in the batch's transaction
 
 
 class BatchPreparer:
@@ -65,58 +59,43 @@ class BatchPreparer:
             else:  # a payment's confirmation, or an event gone: the one-by-one path says
                 out.one_by_one.append(notice)
         if candidates:
-            await self._decide(candidates, await self._batch(candidates, now), out)
+            await self._decide(candidates, now, out)
         return out
 
-    async def _batch(self, candidates: list[tuple[dict[str, Any], Escalated, Destination]],
-                     now: datetime) -> _Batch:
-        holds, opted = await self.ledger.holds_and_opt_outs(
-            list({n["account_id"] for n, _, _ in candidates}),
-            [(n["channel"], d.value) for n, _, d in candidates if d.value is not None])
-        return _Batch(now, holds, opted)
-
     async def _decide(self, candidates: list[tuple[dict[str, Any], Escalated, Destination]],
-                      batch: _Batch, out: Prepared) -> None:
+                      now: datetime, out: Prepared) -> None:
         requests: list[ContactRequest] = []
         rendered: dict[str, RenderedNotice] = {}
         for notice, event, destination in candidates:
-            request = self._check(notice, event, destination, batch, out, rendered)
+            request = self._check(notice, event, destination, now, out, rendered)
             if request is not None:
                 requests.append(request)
             await asyncio.sleep(0)  # rendering is CPU: let the loop breathe between notices
-        verdicts = await decide_contacts(self.ledger, requests, batch.now, self.owner,
-                                         self.lease_s)
+        verdicts = await decide_contacts(self.ledger, requests, now, self.owner, self.lease_s)
         for request, verdict in zip(requests, verdicts, strict=True):
             notice = request.notice
             if verdict.sends:
                 out.ready.append((notice, rendered[notice["notice_id"]]))
             else:
+                out.decided += 1
                 status = {"defer": "deferred", "suppress": "suppressed"}.get(verdict.verdict,
                                                                             verdict.verdict)
                 metrics.NOTICES.labels(notice["channel"], status, verdict.reason or "").inc()
 
     def _check(self, notice: dict[str, Any], event: Escalated, destination: Destination,
-               batch: _Batch, out: Prepared,
+               now: datetime, out: Prepared,
                rendered: dict[str, RenderedNotice]) -> ContactRequest | None:
-        """Render and apply the rules that need no history; None if the notice is done."""
-        if destination.value is not None:
-            try:
-                rendered[notice["notice_id"]] = self.composer.render(
-                    notice, event, event, destination.value, batch.now)
-            except NotSendable as exc:
-                out.closing.append(self.terminal(notice, "failed", reason=exc.reason,
-                                                 rule=exc.rule))
-                return None
-        opted = (notice["channel"], destination.value) in batch.opted
-        decision = evaluate(hold_reason=batch.holds.get(notice["account_id"]),
-                            destination=destination, opted_out=opted)
-        if not decision.sends:
-            out.closing.append(self.terminal(notice, "suppressed", reason=decision.reason,
-                                             rule=decision.rule))
+        """Render, and what the batch's transaction decides; None if the notice is done."""
+        if destination.value is None:  # suppressed there, unless held: a hold says why first
+            return ContactRequest(notice, destination, None)
+        try:
+            rendered[notice["notice_id"]] = self.composer.render(
+                notice, event, event, destination.value, now)
+        except NotSendable as exc:
+            out.closing.append(self.terminal(notice, "failed", reason=exc.reason,
+                                             rule=exc.rule))
             return None
-        assert destination.value is not None
         subject = self.composer.subject(notice, event, destination.value)
         rules = self.composer.rules(event, notice["channel"])
-        now = batch.now
-        return ContactRequest(notice, destination.value,
+        return ContactRequest(notice, destination,
                               lambda history: check_timing(rules, subject, history, now))

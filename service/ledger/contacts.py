@@ -19,9 +19,9 @@ from sqlalchemy import Connection, and_, bindparam, select, text, union, update
 
 from service.ledger import direct
 from service.ledger.schema import CLAIMED, WAITING, notices
-from service.ledger.store import SqlLedger
+from service.ledger.store import SqlLedger, holds_in, opted_out_in
 from service.outcomes import outcome_for
-from service.rules import Contact, Decision
+from service.rules import Contact, Decision, Destination, evaluate
 
 HISTORY_DAYS = 35  # the longest window any rule pack may count (rolling 7d, 30d, …)
 Judge = Callable[[list[Contact]], Decision]
@@ -58,7 +58,7 @@ async def decide_contact(ledger: SqlLedger, notice: dict[str, Any], destination:
     return await ledger.write(work)
 
 
-def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any], destination: str,
+def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any], destination: str | None,
            decision: Decision, now: datetime, owner: str, lease_s: float) -> bool:
     """Record one verdict on a notice this owner holds; False if its lease was lost."""
     mine = and_(notices.c.notice_id == notice["notice_id"], notices.c.state == CLAIMED,
@@ -88,28 +88,39 @@ def _apply(conn: Connection, ledger: SqlLedger, notice: dict[str, Any], destinat
 
 @dataclass(frozen=True, slots=True)
 class ContactRequest:
-    """One notice of a batch whose contact rules are to be decided."""
+    """One notice of a batch whose rules are to be decided: hold, destination, opt-out
+    (:func:`~service.rules.evaluate`), then the contact rules (``judge``, given the history;
+    None where there is no destination, which the first rules always stop)."""
 
     notice: dict[str, Any]
-    destination: str
-    judge: Judge
+    destination: Destination
+    judge: Judge | None
 
 
 async def decide_contacts(ledger: SqlLedger, requests: list[ContactRequest], now: datetime,
                           owner: str, lease_s: float) -> list[Decision]:
-    """:func:`decide_contact` for a batch, in one transaction and in the batch's order.
+    """:func:`decide_contact` for a batch, in one transaction and in the batch's order, with
+    the holds and opt-outs of the batch read in it.
 
     Every debtor of the batch is locked first (in a fixed order, so two workers cannot
-    deadlock); the history is read once for all of them, and a notice let go counts at once
-    for the ones after it, as if they had been decided one by one.
+    deadlock); the holds, opt-outs and history are read once for all of them; a notice a
+    hold, a missing destination or an opt-out stops is suppressed, and a notice let go
+    counts at once for the ones after it, as if they had been decided one by one.
     """
     if not requests:
         return []
     def work(conn: Connection) -> list[Decision]:
         for debtor_id in sorted({r.notice["debtor_id"] for r in requests}):
             _lock_debtor(conn, ledger.dialect, debtor_id)
-        history = _batch_history(conn, requests, now)
-        decisions = [_judge_in_turn(request, history, now) for request in requests]
+        holds, opted = _screen_reads(conn, requests)
+        screened = [evaluate(hold_reason=holds.get(r.notice["account_id"]),
+                             destination=r.destination,
+                             opted_out=(r.notice["channel"], r.destination.value) in opted)
+                    for r in requests]
+        history = _batch_history(conn, [r for r, screen in zip(requests, screened, strict=True)
+                                        if screen.sends], now)
+        decisions = [_judge_in_turn(request, history, now) if screen.sends else screen
+                     for request, screen in zip(requests, screened, strict=True)]
         sent = _let_go(conn, [r for r, d in zip(requests, decisions, strict=True) if d.sends],
                        now, owner, lease_s)
         final = []
@@ -117,16 +128,26 @@ async def decide_contacts(ledger: SqlLedger, requests: list[ContactRequest], now
             if decision.sends:
                 done = request.notice["notice_id"] in sent
             else:
-                done = _apply(conn, ledger, request.notice, request.destination, decision, now,
-                              owner, lease_s)
+                done = _apply(conn, ledger, request.notice, request.destination.value,
+                              decision, now, owner, lease_s)
             final.append(decision if done else LEASE_LOST)
         return final
     return await ledger.write(work)
 
 
+def _screen_reads(conn: Connection, requests: list[ContactRequest]
+                  ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """The batch's active holds (account id -> reason) and opted-out (channel,
+    destination) pairs."""
+    return (holds_in(conn, list({r.notice["account_id"] for r in requests})),
+            opted_out_in(conn, [(r.notice["channel"], r.destination.value) for r in requests
+                                if r.destination.value is not None]))
+
+
 def _judge_in_turn(request: ContactRequest, history: list[tuple[str, Contact]],
                    now: datetime) -> Decision:
-    notice, destination = request.notice, request.destination
+    notice, destination = request.notice, request.destination.value
+    assert destination is not None and request.judge is not None  # screened: it may go
     mine = [contact for notice_id, contact in history if notice_id != notice["notice_id"] and (
         contact.debtor_id == notice["debtor_id"] or contact.account_id == notice["account_id"]
         or contact.destination == destination)]
@@ -169,9 +190,12 @@ _DESTINATION = update(notices).where(notices.c.notice_id == bindparam("id")).val
 
 def _batch_history(conn: Connection, requests: list[ContactRequest],
                    now: datetime) -> list[tuple[str, Contact]]:
+    if not requests:
+        return []
     return _history(conn, list({r.notice["debtor_id"] for r in requests}),
                     list({r.notice["account_id"] for r in requests}),
-                    list({r.destination for r in requests}), now)
+                    list({r.destination.value for r in requests
+                          if r.destination.value is not None}), now)
 
 
 def _history(conn: Connection, debtors: list[str], accounts: list[str],
@@ -194,7 +218,8 @@ def _let_go(conn: Connection, requests: list[ContactRequest], now: datetime,
     marked = {row.notice_id for row in direct.run(conn, _LET_GO, {
         "ids": [r.notice["notice_id"] for r in requests], "owner": owner, "now": now,
         "until": now + timedelta(seconds=lease_s)})}
-    direct.run_many(conn, _DESTINATION, [{"id": r.notice["notice_id"], "destination": r.destination}
+    direct.run_many(conn, _DESTINATION, [{"id": r.notice["notice_id"],
+                                          "destination": r.destination.value}
                                          for r in requests if r.notice["notice_id"] in marked])
     return marked
 

@@ -61,12 +61,17 @@ _OPTED_OUT = select(opt_outs.c.channel, opt_outs.c.destination).where(
     opt_outs.c.destination.in_(bindparam("destinations", expanding=True)))
 
 
-def _holds(conn: Connection, account_ids: Sequence[str]) -> dict[str, str]:
+def holds_in(conn: Connection, account_ids: Sequence[str]) -> dict[str, str]:
+    """The active hold of each of these accounts that has one: account id -> reason."""
     return {r.account_id: r.reason for r in direct.run(conn, _ACTIVE_HOLDS,
                                                         {"ids": list(account_ids)})}
 
 
-def _opted_out(conn: Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+def opted_out_in(conn: Connection,
+                 pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (channel, destination) pairs opted out."""
+    if not pairs:
+        return set()
     rows = direct.run(conn, _OPTED_OUT, {"destinations": list({d for _, d in pairs})})
     return {(r.channel, r.destination) for r in rows} & set(pairs)
 
@@ -255,17 +260,10 @@ class SqlLedger(LedgerThreads):
             conn, _EVENT_BODIES, {"ids": list(event_ids)})})
 
     async def active_holds(self, account_ids: Sequence[str]) -> dict[str, str]:
-        return await self.read(lambda conn: _holds(conn, account_ids))
+        return await self.read(lambda conn: holds_in(conn, account_ids))
 
     async def opted_out(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        return await self.read(lambda conn: _opted_out(conn, pairs)) if pairs else set()
-
-    async def holds_and_opt_outs(self, account_ids: Sequence[str],
-                                 pairs: Sequence[tuple[str, str]]
-                                 ) -> tuple[dict[str, str], set[tuple[str, str]]]:
-        """:meth:`active_holds` and :meth:`opted_out` in one read (a batch's)."""
-        return await self.read(lambda conn: (_holds(conn, account_ids),
-                                             _opted_out(conn, pairs) if pairs else set()))
+        return await self.read(lambda conn: opted_out_in(conn, pairs)) if pairs else set()
 
     async def unpublished(self, limit: int) -> list[tuple[int, str]]:
         return await self.read(lambda conn: read_unpublished(conn, limit))
