@@ -96,15 +96,15 @@ def sample_notice(policy: Policy, renderer: Renderer, now: datetime, channel: st
     it (same template, same kind of event, a debtor of its own): what the raw ceilings send."""
     accepted = decide(event_body(make_event(run, 0, [channel])), policy)
     event = accepted.event
-    assert isinstance(event, Escalated)  # make_event makes an escalation
-    step = accepted.steps[0]
-    notice = {"notice_id": step.notice_id, "event_id": event.event_id, "channel": step.channel,
-              "template": step.template, "locale": event.debtor.locale, "stage": step.stage,
-              "step_index": step.step_index,
-              "attempts": 0, "claimed_at": now}
+    if not isinstance(event, Escalated) or not accepted.steps:
+        raise RuntimeError(f"the bench's events plan no {channel} notice")
     destination = destination_for(channel, event.debtor.model_dump()).value
     if destination is None:
         raise RuntimeError(f"the bench's events have no {channel} destination")
+    step = accepted.steps[0]
+    notice = {"notice_id": step.notice_id, "event_id": event.event_id, "channel": step.channel,
+              "template": step.template, "locale": event.debtor.locale, "stage": step.stage,
+              "step_index": step.step_index, "attempts": 0, "claimed_at": now}
     return Composer(policy, renderer).render(notice, event, event, destination, now)
 
 
