@@ -14,8 +14,15 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service.channels.base import RenderedNotice
-from service.channels.email import SMTP_POLICY, build_message, flatten, smtp_size, text_part
+from service.channels.base import PermanentDeliveryError, RenderedNotice
+from service.channels.email import (
+    SMTP_POLICY,
+    build_message,
+    flatten,
+    message_bytes,
+    smtp_size,
+    text_part,
+)
 
 FROM = "招商银行信用卡中心 <collections@bank.example>"
 
@@ -35,6 +42,34 @@ def test_flattening_gives_the_bytes_aiosmtplib_gives(subject: str) -> None:
     message = build_message(notice(subject, "您的账户已逾期。" * 40, "<p>您的账户已逾期。</p>"),
                             FROM)
     assert flatten(message) == flatten_message(message)
+
+
+DATE = "Sun, 29 Nov 2026 14:30:13 GMT"
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.text(), text=st.text(), html=st.text(),
+       notice_id=st.from_regex(r"[A-Za-z0-9._-]{1,40}|ntc_[0-9a-f]{26}|[ -~\n]{1,12}", fullmatch=True),
+       email_from=st.sampled_from([FROM, "collections@bank.example", "Bank <a@b.example>"]))
+@example(subject="信用卡逾期还款提醒", text="您的账户已逾期。" * 40, html="<p>x</p>",
+         notice_id="ntc_0123abcd", email_from=FROM)
+@example(subject="Your card account ending 1234 is 35 days past due: please pay USD 1,234.56 "
+                 "by 5 December", text="x" * 57, html="", notice_id="evt-5.m1.1",
+         email_from=FROM)
+def test_the_message_written_directly_is_the_message_built_and_flattened(
+        subject: str, text: str, html: str, notice_id: str, email_from: str) -> None:
+    """The same bytes, or the same refusal (a line break in a header, no body at all)."""
+    made = RenderedNotice(notice_id=notice_id, event_id="evt-1", channel="email",
+                          template="cn_m1", locale="zh-CN", destination="wang@example.com",
+                          parts={"subject": subject, "text": text, "html": html})
+    try:
+        built = flatten(build_message(made, email_from, DATE))
+    except PermanentDeliveryError as refused:
+        with pytest.raises(PermanentDeliveryError) as caught:
+            message_bytes(made, email_from, DATE)
+        assert caught.value.reason == refused.reason
+        return
+    assert message_bytes(made, email_from, DATE) == built
 
 
 def test_a_body_that_quotes_the_boundary_cannot_break_the_message() -> None:
