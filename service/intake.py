@@ -25,10 +25,10 @@ from typing import Any, cast
 
 import aio_pika
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractExchange,
-    AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
+    AbstractRobustQueue,
 )
 from aiormq import spec
 from aiormq.abc import AbstractChannel as AmqpChannel
@@ -48,14 +48,17 @@ JSON = "application/json"
 
 @dataclass(slots=True)
 class Topology:
-    channel: AbstractChannel
+    """The names of CONTRACT.md §2, declared on a robust channel: it is reopened after a
+    lost connection, and its queue remembers how to declare and bind itself again."""
+
+    channel: AbstractRobustChannel
     events: AbstractExchange
-    queue: AbstractQueue
-    dead: AbstractQueue
+    queue: AbstractRobustQueue
+    dead: AbstractRobustQueue
     outcomes: AbstractExchange
 
 
-async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+async def declare(channel: AbstractRobustChannel, settings: Settings) -> Topology:
     """Declare CONTRACT.md §2's topology; idempotent."""
     durable = aio_pika.ExchangeType.TOPIC
     events = await channel.declare_exchange(settings.exchange, durable, durable=True)
@@ -145,9 +148,7 @@ class Intake:
     async def start(self) -> None:
         # the robust channel remembers the prefetch and sets it again when it is reopened
         await self.topology.channel.set_qos(prefetch_count=self.settings.prefetch)
-        reopened = getattr(self.topology.channel, "reopen_callbacks", None)
-        if reopened is not None:  # a robust channel: consume again once it is back
-            reopened.add(self._on_reopened)
+        self.topology.channel.reopen_callbacks.add(self._on_reopened)  # consume again then
         await self._consume()
 
     async def _consume(self) -> None:
@@ -184,7 +185,9 @@ class Intake:
         delay_s = 0.5
         while not self._stopping and self._consuming is None:
             try:
-                await self._declare_queue_again()
+                # the queue and its binding, as declare() made them: the robust queue
+                # remembers both (it has no consumer of its own to restore)
+                await self.topology.queue.restore()
                 await self._consume()
                 log.info("consumer_attached_again", queue=self.topology.queue.name)
                 return
@@ -193,17 +196,6 @@ class Intake:
                             retry_in_s=delay_s, setting="DUNNING_AMQP_URL")
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 30.0)
-
-    async def _declare_queue_again(self) -> None:
-        """The queue and its binding, as :func:`declare` made them (a robust queue remembers
-        both; it has no consumer of its own to restore)."""
-        queue = self.topology.queue
-        restore = getattr(queue, "restore", None)
-        if restore is not None:
-            await restore()
-            return
-        await queue.declare()
-        await queue.bind(self.topology.events, routing_key="#")
 
     async def stop_consuming(self) -> None:
         self._stopping = True

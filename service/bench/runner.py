@@ -18,7 +18,7 @@ from service.bench.env import BenchEnv
 from service.bench.report import Results, json_line, judge, ratio, table
 from service.bench.responders import Responders
 from service.bench.scaling import measure_scaling
-from service.channels.email import build_message, flatten
+from service.channels.email import message_bytes
 from service.clock import make_clock
 from service.policy import PolicyError, load_policy
 from service.rendering import Renderer
@@ -72,8 +72,7 @@ async def _stages(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -> No
     sample = {channel: stages.sample_notice(policy, renderer, make_clock(raw.clock_offset_s)(),
                                             channel) for channel in ("sms", "email")}
     results["sms_body_chars"] = len(sample["sms"].parts["text"])
-    results["email_message_bytes"] = len(flatten(build_message(sample["email"],
-                                                               raw.email_from)))
+    results["email_message_bytes"] = len(message_bytes(sample["email"], raw.email_from))
     lags = []
     for channel, ceiling in (("sms", ceilings.raw_sdk), ("email", ceilings.raw_smtp)):
         say(f"dispatch: {sizes.dispatch} {channel} notices, between two raw sends of "

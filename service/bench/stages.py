@@ -101,10 +101,8 @@ def sample_notice(policy: Policy, renderer: Renderer, now: datetime, channel: st
     destination = destination_for(channel, event.debtor.model_dump()).value
     if destination is None:
         raise RuntimeError(f"the bench's events have no {channel} destination")
-    step = accepted.steps[0]
-    notice = {"notice_id": step.notice_id, "event_id": event.event_id, "channel": step.channel,
-              "template": step.template, "locale": event.debtor.locale, "stage": step.stage,
-              "step_index": step.step_index, "attempts": 0, "claimed_at": now}
+    notice = Ingest.notice_rows(accepted, event.account.account_id, event.debtor.debtor_id,
+                                event.debtor.locale, now)[0] | {"claimed_at": now}
     return Composer(policy, renderer).render(notice, event, event, destination, now)
 
 

@@ -7,14 +7,13 @@ Measured choices (PITFALLS.md): connections are kept open (a new one costs ~40 m
 one ~3 ms); TLS is set explicitly (``start_tls=None`` would silently send in plain text when
 a server offers no STARTTLS); the message is built with the legacy ``email.mime`` classes
 (about three times cheaper than ``EmailMessage``), with a boundary of its own (else the
-generator compiles a regular expression for every message to pick one), flattened once
-here without re-folding headers that need no folding (:data:`SMTP_POLICY`), the From
-setting parsed once; the text parts are base64-encoded in one call and written in one piece
-(:func:`text_part`, :class:`SmtpGenerator`), not 57 bytes and one line at a time. What the
-adapter sends is those bytes written directly (:func:`message_bytes`, without the message
-objects); the transaction is ``sendmail``'s without its second pass over the message to
-size it (:meth:`_TrackedSMTP.send_flat`); the dict of refused recipients it returns is
-checked, since a partial refusal raises nothing.
+generator compiles a regular expression for every message to pick one), flattened once here
+without re-folding headers that need no folding (:data:`SMTP_POLICY`), the From setting
+parsed once; the text parts are base64-encoded in one call (:func:`text_part`), not 57 bytes
+at a time. What the adapter sends is those bytes written directly (:func:`message_bytes`,
+without the message objects and the generator); the transaction is ``sendmail``'s without
+its second pass over the message to size it (:meth:`_TrackedSMTP.send_flat`); the dict of
+refused recipients it returns is checked, since a partial refusal raises nothing.
 """
 
 from __future__ import annotations
@@ -106,29 +105,11 @@ def text_part(body: str, subtype: str) -> MIMENonMultipart:
     return part
 
 
-class SmtpGenerator(BytesGenerator):
-    """``BytesGenerator`` that writes a base64 text part in one piece.
-
-    The generator writes a text payload line by line (two writes and two encodings a line,
-    about 120 lines a notice) after scanning it for ``From`` lines to mangle. A base64
-    payload has neither a space nor a line ending but ``\\n``, so it goes out as one write
-    with its line endings made the generator's own: the same bytes.
-    """
-
-    def _handle_text(self, msg: Any) -> None:
-        payload = msg.get_payload()
-        if (isinstance(payload, str) and payload.isascii() and "\r" not in payload
-                and self.policy is not None  # flatten() sets it before any part is written
-                and msg.get("Content-Transfer-Encoding", "").lower() == "base64"):
-            self.write(payload.replace("\n", self.policy.linesep))
-            return
-        super()._handle_text(msg)  # type: ignore[misc]  # a generator hook typeshed omits
-
-
 def flatten(message: MIMEMultipart) -> bytes:
-    """The bytes of ``message`` as they go to the SMTP server."""
+    """The bytes of ``message`` as they go to the SMTP server (what :func:`message_bytes`
+    writes directly)."""
     with io.BytesIO() as out:
-        SmtpGenerator(out, policy=SMTP_POLICY).flatten(message)
+        BytesGenerator(out, policy=SMTP_POLICY).flatten(message)
         return out.getvalue()
 
 

@@ -116,8 +116,8 @@ class Ingest:
         for item in run:
             assert isinstance(item.event, Escalated)
             debtor = item.event.debtor
-            rows.extend(self._notice_rows(item, item.event.account.account_id,
-                                          debtor.debtor_id, debtor.locale, now))
+            rows.extend(self.notice_rows(item, item.event.account.account_id,
+                                         debtor.debtor_id, debtor.locale, now))
         return self._insert_notices(conn, rows)
 
     def _insert_notices(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
@@ -171,11 +171,12 @@ class Ingest:
     def _add_notices(self, conn: Connection, item: Accepted, account_id: str,
                      debtor_id: str, locale: str, now: datetime) -> int:
         return self._insert_notices(
-            conn, self._notice_rows(item, account_id, debtor_id, locale, now))
+            conn, self.notice_rows(item, account_id, debtor_id, locale, now))
 
     @staticmethod
-    def _notice_rows(item: Accepted, account_id: str, debtor_id: str, locale: str,
-                     now: datetime) -> list[dict[str, Any]]:
+    def notice_rows(item: Accepted, account_id: str, debtor_id: str, locale: str,
+                    now: datetime) -> list[dict[str, Any]]:
+        """The ledger rows of an event's notices, as the intake writes them (waiting)."""
         return [{"notice_id": step.notice_id, "event_id": item.event.event_id,
                  "step_index": step.step_index, "stage": step.stage, "channel": step.channel,
                  "template": step.template, "locale": locale, "account_id": account_id,
