@@ -125,7 +125,8 @@ class Worker:
             await self._serve(dispatcher, relay, adapters)
 
     async def _refresh_stats(self) -> None:
-        """Keep the waiting-notices gauge fresh for /metrics (a cheap grouped count)."""
+        """Keep the waiting-notices gauge fresh for /metrics (each bucket a range of the
+        due index, counted)."""
         while True:
             try:
                 assert self.ledger is not None

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, insert, inspect, text
 
 from service.intake import decide
 from service.ledger import Accepted, Ingest, SqlLedger, direct
 from service.ledger.contacts import _HISTORY
+from service.ledger.schema import notices
+from service.ledger.stats import waiting_by_bucket, waiting_counts
 from service.policy import load_policy
 from tests.helpers.ledgers import make_ledger
 
@@ -254,3 +256,42 @@ async def test_the_contact_history_of_a_batch_is_three_index_lookups(tmp_path: P
     assert [step.split(" USING INDEX ")[1].split(" ")[0] for step in lookups] == [
         "ix_notices_debtor_contact", "ix_notices_account_contact",
         "ix_notices_destination_contact"], steps
+
+
+async def test_waiting_notices_are_counted_by_how_soon_they_are_due(ledger: SqlLedger) -> None:
+    """Each waiting notice in one bucket, a due time on a bucket's edge in the nearer one."""
+    due = {"overdue": NOW - timedelta(hours=3), "now": NOW,
+           "in 30 s": NOW + timedelta(seconds=30), "in 1 min": NOW + timedelta(minutes=1),
+           "in 61 s": NOW + timedelta(seconds=61), "in 1 h": NOW + timedelta(hours=1),
+           "in 5 h": NOW + timedelta(hours=5), "in 1 day": NOW + timedelta(days=1),
+           "in 1 day 1 µs": NOW + timedelta(days=1, microseconds=1),
+           "in 40 days": NOW + timedelta(days=40)}
+    rows = [{"notice_id": f"n-{i}", "event_id": f"e-{i}", "step_index": 0, "stage": "m1",
+             "channel": "sms", "template": "cn_m1", "locale": "zh-CN", "account_id": "CC-1",
+             "debtor_id": "D-1", "escalation_at": NOW, "state": "waiting", "due_at": at,
+             "attempts": 0, "conversation": False, "created_at": NOW, "updated_at": NOW}
+            for i, at in enumerate(due.values())]
+    # not waiting, so in no bucket however due
+    rows += [row | {"notice_id": f"{row['notice_id']}-{state}", "state": state}
+             for state in ("claimed", "sent") for row in rows[:2]]
+    await ledger.execute(insert(notices), rows)
+    assert await waiting_by_bucket(ledger, NOW) == {"due": 2, "1m": 2, "1h": 2, "1d": 2,
+                                                    "later": 2}
+    assert await waiting_by_bucket(ledger, NOW + timedelta(days=100)) == {
+        "due": 10, "1m": 0, "1h": 0, "1d": 0, "later": 0}
+
+
+async def test_the_waiting_count_reads_the_due_index_alone(tmp_path: Path) -> None:
+    """Every bucket a range of the (state, due_at) index, never a walk of the table."""
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        def plan(conn: Connection) -> list[str]:
+            compiled = waiting_counts(NOW).compile(conn)
+            values = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            return [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}",
+                                                           values)]
+
+        steps = await ledger.read(plan)
+    searches = [step for step in steps if "notices" in step]
+    assert len(searches) == 5, steps
+    assert all(step.startswith("SEARCH notices USING COVERING INDEX ix_notices_state_due")
+               for step in searches), steps
