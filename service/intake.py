@@ -324,6 +324,9 @@ class BrokerOutcomeSink:
 
     Straight onto the channel's AMQP layer: an outcome needs no message object of its own,
     and not ``mandatory`` (an outcome nobody has bound a queue for is not an error to us).
+    Each publish waits for its confirm but not for the socket's buffer to drain first
+    (``wait=False``): the broker's confirm comes after the frames anyway, and the relay's
+    batch bounds what is buffered. The drain cost 30-50 µs of CPU an outcome here.
     """
 
     def __init__(self, exchange: AbstractExchange) -> None:
@@ -336,7 +339,8 @@ class BrokerOutcomeSink:
             channel.basic_publish(body.encode(), exchange=self.exchange.name, routing_key=key,
                                   properties=spec.Basic.Properties(
                                       content_type=JSON,
-                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT))
+                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                  wait=False)
             for key, body in messages))
 
 
