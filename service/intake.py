@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractExchange,
     AbstractRobustChannel,
@@ -333,8 +334,10 @@ class BrokerOutcomeSink:
         self.exchange = exchange
 
     async def publish(self, messages: list[tuple[str, str]]) -> None:
-        # every exchange aio-pika declares has its channel; the abstract type does not say so
-        channel = await cast(aio_pika.Exchange, self.exchange).channel.get_underlay_channel()
+        # every exchange aio-pika declares has its channel, and that channel aiormq's; the
+        # abstract types say neither (nor ``wait``, which aiormq's own channel takes)
+        channel = cast(aiormq.Channel, await cast(
+            aio_pika.Exchange, self.exchange).channel.get_underlay_channel())
         await asyncio.gather(*(
             channel.basic_publish(body.encode(), exchange=self.exchange.name, routing_key=key,
                                   properties=spec.Basic.Properties(
