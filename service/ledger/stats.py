@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 
 from service.ledger.schema import WAITING, notices
 from service.ledger.store import SqlLedger
@@ -15,7 +15,7 @@ BUCKETS = (("due", timedelta(0)), ("1m", timedelta(minutes=1)), ("1h", timedelta
            ("1d", timedelta(days=1)))
 
 
-def waiting_counts(now: datetime) -> Any:
+def waiting_counts(now: datetime) -> Select[Any]:
     """One statement: a count of each bucket's range of ``due_at``, side by side.
 
     Each range is counted on the ``(state, due_at)`` index alone, and each waiting notice

@@ -285,10 +285,9 @@ async def test_the_waiting_count_reads_the_due_index_alone(tmp_path: Path) -> No
     """Every bucket a range of the (state, due_at) index, never a walk of the table."""
     async with make_ledger("sqlite", tmp_path) as ledger:
         def plan(conn: Connection) -> list[str]:
-            compiled = waiting_counts(NOW).compile(conn)
-            values = tuple(compiled.params[name] for name in compiled.positiontup or ())
-            return [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}",
-                                                           values)]
+            sql, values = direct.compiled(waiting_counts(NOW), conn.dialect, {}).bind({})
+            return [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}",
+                                                           tuple(values))]
 
         steps = await ledger.read(plan)
     searches = [step for step in steps if "notices" in step]
