@@ -152,6 +152,23 @@ def rss_mb(pid: int | None = None) -> tuple[float, float]:
     return found["VmRSS"], found["VmHWM"]
 
 
+def cpu_s(pid: int | None = None) -> float | None:
+    """CPU seconds a process has used, user and system (None where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_event_ms(before: float | None, after: float | None, events: int) -> float | None:
+    """CPU milliseconds an event between two readings of :func:`cpu_s`."""
+    if before is None or after is None or events <= 0:
+        return None
+    return 1000 * (after - before) / events
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.started = time.perf_counter()

@@ -27,6 +27,7 @@ from sqlalchemy import insert
 
 from service.bench.common import (
     Stopwatch,
+    cpu_s,
     event_body,
     make_event,
     percentile,
@@ -81,6 +82,9 @@ class WorkerProcess:
 
     def rss_mb(self) -> tuple[float, float]:
         return rss_mb(self.proc.pid) if self.proc is not None else (0.0, 0.0)
+
+    def cpu_s(self) -> float | None:
+        return cpu_s(self.proc.pid) if self.proc is not None else None
 
     def stop(self) -> list[list[float]]:
         """SIGTERM, wait, and return the lag samples the worker wrote."""
@@ -164,6 +168,7 @@ class Latency:
     p99_ms: float
     started: float  # unix time, for the lag samples of the window
     ended: float
+    events: int  # published in the window
 
 
 async def latency(watcher: OutcomeWatcher, run: str, rate: float, seconds: float) -> Latency:
@@ -182,7 +187,8 @@ async def latency(watcher: OutcomeWatcher, run: str, rate: float, seconds: float
     ids = [e["event_id"] for e in events]
     await watcher.wait_done(ids, timeout_s=120)
     values = watcher.latencies_ms(ids)
-    return Latency(rate, percentile(values, 0.5), percentile(values, 0.99), started, time.time())
+    return Latency(rate, percentile(values, 0.5), percentile(values, 0.99), started, time.time(),
+                   count)
 
 
 async def seed_waiting(settings: Settings, count: int, run: str) -> None:

@@ -36,6 +36,12 @@ def _fmt(value: Any, unit: str) -> str:
     return f"{value:,} {unit}".strip()
 
 
+def _pair(first: float | None, second: float | None, unit: str) -> str:
+    if first is None or second is None:
+        return "-"
+    return f"{first:.1f} / {second:.1f} {unit}"
+
+
 def _rows(r: Results) -> list[tuple[str, str, str, str]]:
     t = r["targets"]
 
@@ -63,6 +69,9 @@ def _rows(r: Results) -> list[tuple[str, str, str, str]]:
         ("4 latency p50 at half capacity", _fmt(r["e2e_p50_ms"], "ms"),
          _fmt(r["e2e_offered_per_s"], "events/s"), ""),
         ("4 latency p99 at half capacity", _fmt(r["e2e_p99_ms"], "ms"), "", ok("e2e_p99")),
+        ("4 worker CPU an event, burst / half", _pair(r["e2e_cpu_ms_per_event"],
+                                                      r["e2e_half_cpu_ms_per_event"], "ms"),
+         f"{_fmt(r['e2e_half_cpu_percent'], '%')} of a core at half capacity", ""),
         ("5 worker RSS, idle / peak", f"{r['rss_idle_mb']:.0f} / {r['rss_peak_mb']:.0f} MB",
          f"{r['waiting_notices']:,} waiting", ok("rss")),
         ("6 loop lag p99 dispatch / e2e",

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.bench import ceilings, stages
-from service.bench.common import FULL, QUICK, Sizes, lag_p99_ms, loop_kind, run_loop
+from service.bench.common import (
+    FULL,
+    QUICK,
+    Sizes,
+    lag_p99_ms,
+    loop_kind,
+    per_event_ms,
+    run_loop,
+)
 from service.bench.e2e import OutcomeWatcher, WorkerProcess, capacity, latency, seed_waiting
 from service.bench.env import BenchEnv
 from service.bench.report import Results, json_line, judge, ratio, table
@@ -105,8 +113,18 @@ async def _end_to_end(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -
         results["rss_idle_mb"] = worker.rss_mb()[0]
         await watcher.open()
         await capacity(watcher, f"{env.run}-warm", E2E_WARM_UP)
+        before = worker.cpu_s()
         results["e2e_per_s"] = found = await capacity(watcher, f"{env.run}-cap", sizes.e2e)
+        results["e2e_cpu_ms_per_event"] = per_event_ms(before, worker.cpu_s(), sizes.e2e)
+        before = worker.cpu_s()
         timed = await latency(watcher, f"{env.run}-lat", found / 2, sizes.latency_s)
+        used = per_event_ms(before, worker.cpu_s(), timed.events)
+        results["e2e_half_cpu_ms_per_event"] = used
+        # the share of a core the worker used while the load was offered, the last
+        # outcomes' wait included
+        results["e2e_half_cpu_percent"] = (
+            None if used is None else
+            used * timed.events / 10 / max(timed.ended - timed.started, 1e-9))
         results["rss_peak_mb"] = worker.rss_mb()[1]
     finally:
         await watcher.close()
