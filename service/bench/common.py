@@ -169,6 +169,13 @@ def per_event_ms(before: float | None, after: float | None, events: int) -> floa
     return 1000 * (after - before) / events
 
 
+def core_percent(before: float | None, after: float | None, seconds: float) -> float | None:
+    """The share of one core used between two readings of :func:`cpu_s`, ``seconds`` apart."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return 100 * (after - before) / seconds
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.started = time.perf_counter()

@@ -16,6 +16,7 @@ from service.bench.common import (
     FULL,
     QUICK,
     Sizes,
+    core_percent,
     lag_p99_ms,
     loop_kind,
     per_event_ms,
@@ -118,13 +119,10 @@ async def _end_to_end(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -
         results["e2e_cpu_ms_per_event"] = per_event_ms(before, worker.cpu_s(), sizes.e2e)
         before = worker.cpu_s()
         timed = await latency(watcher, f"{env.run}-lat", found / 2, sizes.latency_s)
-        used = per_event_ms(before, worker.cpu_s(), timed.events)
-        results["e2e_half_cpu_ms_per_event"] = used
-        # the share of a core the worker used while the load was offered, the last
-        # outcomes' wait included
-        results["e2e_half_cpu_percent"] = (
-            None if used is None else
-            used * timed.events / 10 / max(timed.ended - timed.started, 1e-9))
+        after = worker.cpu_s()
+        results["e2e_half_cpu_ms_per_event"] = per_event_ms(before, after, timed.events)
+        # while the load was offered, and until its last outcomes came
+        results["e2e_half_cpu_percent"] = core_percent(before, after, timed.ended - timed.started)
         results["rss_peak_mb"] = worker.rss_mb()[1]
     finally:
         await watcher.close()
