@@ -41,10 +41,21 @@ async def ledger_to_cut_off() -> AsyncIterator[tuple[SqlLedger, Callable[[], Awa
         ledger = SqlLedger.from_url(f"{url}?application_name={name}", schema)
         admin = SqlLedger.from_url(url)
 
+        def backends(conn: Connection) -> int:
+            return int(conn.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE application_name = :name"),
+                                    {"name": name}).scalar_one())
+
         async def cut_off() -> int:
-            return len(await admin.read(lambda conn: conn.execute(text(
+            ended = len(await admin.read(lambda conn: conn.execute(text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = :name"), {"name": name}).all()))
+            # pg_terminate_backend only signals: until each backend has gone, a connection
+            # handed out meanwhile may still pass the pool's ping and then be ended mid-query
+            async with asyncio.timeout(10):
+                while await admin.read(backends):  # noqa: ASYNC110 - the server says when
+                    await asyncio.sleep(0.01)
+            return ended
         try:
             await ledger.create()
             await every_thread_connected(ledger)
