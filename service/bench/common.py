@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
+from prometheus_client.process_collector import ProcessCollector
 
 from service.samples import escalation
 
@@ -153,13 +154,13 @@ def rss_mb(pid: int | None = None) -> tuple[float, float]:
 
 
 def cpu_s(pid: int | None = None) -> float | None:
-    """CPU seconds a process has used, user and system (None where /proc cannot tell)."""
-    try:
-        with open(f"/proc/{pid or os.getpid()}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process has used, user and system, as prometheus-client reads them for
+    ``process_cpu_seconds_total`` (None where /proc cannot tell)."""
+    collector = ProcessCollector(pid=lambda: pid or os.getpid(), registry=None)
+    for family in collector.collect():
+        if family.name == "process_cpu_seconds":
+            return float(family.samples[0].value)
+    return None
 
 
 def per_event_ms(before: float | None, after: float | None, events: int) -> float | None:

@@ -16,7 +16,7 @@ from service.intake import decide
 from service.ledger import Accepted, Ingest, SqlLedger, direct
 from service.ledger.contacts import _HISTORY
 from service.ledger.schema import notices
-from service.ledger.stats import waiting_by_bucket, waiting_counts
+from service.ledger.stats import WAITING_COUNTS, edges, waiting_by_bucket
 from service.policy import load_policy
 from tests.helpers.ledgers import make_ledger
 
@@ -285,7 +285,7 @@ async def test_the_waiting_count_reads_the_due_index_alone(tmp_path: Path) -> No
     """Every bucket a range of the (state, due_at) index, never a walk of the table."""
     async with make_ledger("sqlite", tmp_path) as ledger:
         def plan(conn: Connection) -> list[str]:
-            sql, values = direct.compiled(waiting_counts(NOW), conn.dialect, {}).bind({})
+            sql, values = direct.compiled(WAITING_COUNTS, conn.dialect, {}).bind(edges(NOW))
             return [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}",
                                                            tuple(values))]
 
