@@ -20,6 +20,7 @@ import re
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache, lru_cache
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, select
@@ -33,6 +34,10 @@ _TOKEN = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
 CHUNK = 64  # rows per multi-row INSERT … RETURNING statement at most
 Processor = Callable[[Any], Any] | None
 _Slot = tuple[str, int, Processor]  # a bound name, its index in an IN list or -1, its binder
+# bind_many's plan: the SQL, the bound names in order, a picker of a row's values for them,
+# and (index, bind processor) of the names whose type converts its values
+_ManyPlan = tuple[str, tuple[str, ...], Callable[[Mapping[str, Any]], Sequence[Any]],
+                  tuple[tuple[int, Callable[[Any], Any]], ...]]
 
 
 def _padded(size: int) -> int:
@@ -64,6 +69,7 @@ class Compiled:
         self.readers: list[Processor] = [c.type.result_processor(dialect, None)
                                          for c in columns]
         self._texts: dict[tuple[int, ...], tuple[str, tuple[_Slot, ...]]] = {}
+        self._many: _ManyPlan | None = None
 
     def _rendered(self, sizes: tuple[int, ...]) -> tuple[str, tuple[_Slot, ...]]:
         """The SQL for these ``IN`` list lengths, and where each value goes: (name, index in
@@ -113,20 +119,35 @@ class Compiled:
 
     def bind_many(self, rows: Sequence[Mapping[str, Any]]
                   ) -> tuple[str, list[Sequence[Any]] | list[dict[str, Any]]]:
-        """:meth:`bind` for many sets of values (a statement with no ``IN`` list)."""
-        if self.expanding:
-            raise ValueError("a statement with an IN list takes one set of values")
-        text, slots = self._rendered(())
+        """:meth:`bind` for many sets of values (a statement with no ``IN`` list).
+
+        A row's values are picked all at once, and only the columns whose type converts
+        its values go through their bind processors (times, say; most take text as it is)."""
+        text, names, pick, converts = self._many_plan()
         fixed = self.fixed
-        values: list[Sequence[Any]] = [[value if binder is None else binder(value)
-                                        for name, _, binder in slots
-                                        for value in (row[name] if name in row
-                                                      else fixed[name],)]
-                                       for row in rows]
+        values: list[Sequence[Any]] = []
+        for row in rows:
+            try:
+                one = list(pick(row))
+            except KeyError:  # a value the statement holds itself, not the row
+                one = [row[name] if name in row else fixed[name] for name in names]
+            for index, binder in converts:
+                one[index] = binder(one[index])
+            values.append(one)
         if self.order is not None:
             return text, values
-        names = [name for name, _, _ in slots]
         return text, [dict(zip(names, one, strict=True)) for one in values]
+
+    def _many_plan(self) -> _ManyPlan:
+        if self._many is None:
+            if self.expanding:
+                raise ValueError("a statement with an IN list takes one set of values")
+            text, slots = self._rendered(())
+            names = tuple(name for name, _, _ in slots)
+            self._many = (text, names, _picker(names), tuple(
+                (index, binder) for index, (_, _, binder) in enumerate(slots)
+                if binder is not None))
+        return self._many
 
     def rows(self, fetched: Iterable[Sequence[Any]]) -> list[Any]:
         readers, make = self.readers, self.make_row
@@ -135,6 +156,14 @@ class Compiled:
         return [make([value if reader is None else reader(value)
                       for reader, value in zip(readers, values, strict=True)])
                 for values in fetched]
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """A row's values for ``names``, in order, as a sequence (``itemgetter`` of one name
+    gives the value itself, of none is not allowed)."""
+    if len(names) > 1:
+        return itemgetter(*names)
+    return lambda row: tuple(row[name] for name in names)
 
 
 def _pad(values: list[Any]) -> list[Any]:

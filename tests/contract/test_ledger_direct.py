@@ -85,6 +85,30 @@ async def test_many_rows_and_a_count(ledger: SqlLedger) -> None:
     assert [tuple(r) for r in rows] == [("n1", "c"), ("n2", "c")]
 
 
+async def test_many_rows_with_the_statements_own_values_and_with_one_value_each(
+        ledger: SqlLedger) -> None:
+    await ledger.execute(notices.insert(), [_notice(i) for i in range(4)])
+    # a literal in the WHERE clause is the statement's own value, not the rows'
+    released = update(notices).where(and_(notices.c.notice_id == bindparam("_id"),
+                                          notices.c.state == "waiting")).values(
+        state=CLAIMED, lease_until=bindparam("_until"))
+    staged = update(notices).where(notices.c.notice_id == bindparam("_id")).values(
+        reason=notices.c.stage)  # one bound value, none of the statement's own
+
+    def work(conn: Connection) -> None:
+        direct.run_many(conn, released, [{"_id": "n0", "_until": NOW},
+                                         {"_id": "n2", "_until": NOW + timedelta(hours=1)}])
+        direct.run_many(conn, staged, [{"_id": "n2"}, {"_id": "n3"}])
+
+    await ledger.write(work)
+    rows = await ledger.read(lambda conn: conn.execute(
+        select(notices.c.notice_id, notices.c.state, notices.c.lease_until,
+               notices.c.reason).order_by(notices.c.notice_id)).all())
+    assert [tuple(r) for r in rows] == [
+        ("n0", CLAIMED, NOW, None), ("n1", "waiting", None, None),
+        ("n2", CLAIMED, NOW + timedelta(hours=1), "m1"), ("n3", "waiting", None, "m1")]
+
+
 async def test_an_insert_adds_only_the_rows_that_are_new(ledger: SqlLedger) -> None:
     first = await ledger.write(lambda conn: direct.insert_new(
         conn, notices, "notice_id", [_notice(i) for i in range(0, 150, 2)]))
