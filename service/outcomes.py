@@ -67,23 +67,33 @@ def outcome_for(notice: dict[str, Any], status: Status, at: datetime, *, reason:
 class OutcomeSink(Protocol):
     """Where outcomes go: the broker in production, a list in tests."""
 
-    async def publish(self, messages: list[tuple[str, str]]) -> None:
-        """Publish (routing key, JSON body) pairs; return only once all are confirmed."""
+    async def publish(self, messages: list[OutcomeMessage]) -> None:
+        """Publish (routing key, JSON body, message id) triples; return only once all are
+        confirmed."""
         ...
 
 
-def routing_key(outcome_json: str) -> str:
+OutcomeMessage = tuple[str, str, str]  # routing key, JSON body, message id
+
+
+def outcome_message(decision_id: int, outcome_json: str) -> OutcomeMessage:
+    """One outcome of the ledger as the relay publishes it. Its routing key is
+    ``<status>.<channel>``; its message id, ``<notice_id>/<decision id>``, names the decision,
+    so an outcome published again (at least once: a crash after publishing, before marking it
+    published) carries the same id, and two decisions about one notice (``deferred``, then
+    ``sent``) carry two."""
     data = json.loads(outcome_json)
-    return f"{data['status']}.{data['channel']}"
+    return (f"{data['status']}.{data['channel']}", outcome_json,
+            f"{data['notice_id']}/{decision_id}")
 
 
 class MemoryOutcomeSink:
     """In-memory twin of the broker publisher."""
 
     def __init__(self) -> None:
-        self.messages: list[tuple[str, str]] = []
+        self.messages: list[OutcomeMessage] = []
         self.arrived = asyncio.Event()
 
-    async def publish(self, messages: list[tuple[str, str]]) -> None:
+    async def publish(self, messages: list[OutcomeMessage]) -> None:
         self.messages.extend(messages)
         self.arrived.set()

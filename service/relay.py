@@ -12,7 +12,7 @@ from service import metrics
 from service.ledger import SqlLedger
 from service.ledger.pending import relay_pending
 from service.logs import get_logger
-from service.outcomes import OutcomeSink, routing_key
+from service.outcomes import OutcomeSink, outcome_message
 
 log = get_logger("dunning.relay")
 
@@ -48,7 +48,7 @@ class OutcomeRelay:
 
     async def flush_once(self) -> int:
         async def publish(rows: list[tuple[int, str]]) -> None:
-            await self.sink.publish([(routing_key(body), body) for _, body in rows])
+            await self.sink.publish([outcome_message(row_id, body) for row_id, body in rows])
 
         sent = await relay_pending(self.ledger, self.batch, publish)
         self.published += sent

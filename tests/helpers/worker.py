@@ -170,6 +170,7 @@ class Broker:
         self.names = names(prefix)
         self.outcomes: list[dict[str, Any]] = []
         self.outcome_keys: list[str] = []
+        self.outcome_ids: list[str | None] = []  # each outcome's AMQP message id
         self.connection: AbstractRobustConnection | None = None
         self._arrived = asyncio.Event()
 
@@ -201,6 +202,7 @@ class Broker:
     async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
         self.outcomes.append(json.loads(message.body))
         self.outcome_keys.append(message.routing_key or "")
+        self.outcome_ids.append(message.message_id)
         self._arrived.set()
 
     async def publish_raw(self, body: bytes, routing_key: str) -> None:

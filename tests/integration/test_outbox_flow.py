@@ -25,3 +25,8 @@ async def test_m1_cn_writes_sms_and_email_to_the_outbox(tmp_path: Path) -> None:
     emails = list((tmp_path / "outbox" / "email").glob("*.eml"))
     assert len(emails) == 1
     assert set(broker.outcome_keys) == {"sent.sms", "sent.email"}
+    # each names its decision: the notice and the decision's number in the ledger
+    assert [message_id.rpartition("/")[0] if message_id else None
+            for message_id in broker.outcome_ids] == [o["notice_id"] for o in broker.outcomes]
+    assert all(message_id and message_id.rpartition("/")[2].isdigit()
+               for message_id in broker.outcome_ids)

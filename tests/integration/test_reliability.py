@@ -1,23 +1,31 @@
 """Fault tests with real processes and servers on loopback: broker connections cut, providers
-down, SIGTERM mid-burst, two workers on PostgreSQL with one killed again and again."""
+down, SIGTERM mid-burst, two workers on PostgreSQL with one killed again and again, outcomes
+published again after a crash."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from service.ledger import SqlLedger
+from service.config import Settings
+from service.intake import BrokerOutcomeSink, decide
+from service.ledger import Ingest, SqlLedger
 from service.ledger.schema import decisions
-from tests.helpers.ledgers import ledger_states, postgres_schema
+from service.outcomes import OutcomeMessage, OutcomeSink
+from service.policy import load_policy
+from service.relay import OutcomeRelay
+from tests.helpers.ledgers import ledger_states, make_ledger, postgres_schema
 from tests.helpers.smtp_server import SmtpTestServer
 from tests.helpers.twilio_double import TwilioDouble
-from tests.helpers.worker import Broker, WorkerProcess, us_burst
+from tests.helpers.worker import Broker, WorkerProcess, sample, us_burst
 
 StartWorker = Callable[..., WorkerProcess]
 FAST = {"DUNNING_LEASE_S": "2", "DUNNING_RATE_SMS": "off"}
@@ -149,3 +157,46 @@ async def test_two_workers_on_postgres_one_killed_again_and_again(
         assert "notice_sent" in steady.logs()
         print(f"\ntwo workers on PostgreSQL, one killed 3 times: lost = 0, duplicates = 0, "
               f"reconciled = {reconciled}")
+
+
+class _DiesAfterPublishing:
+    """A sink whose worker dies once the broker has confirmed, before the outbox is marked."""
+
+    def __init__(self, sink: OutcomeSink) -> None:
+        self.sink = sink
+
+    async def publish(self, messages: list[OutcomeMessage]) -> None:
+        await self.sink.publish(messages)
+        raise ConnectionError("the worker died here")
+
+
+async def test_an_outcome_published_again_after_a_crash_carries_the_same_message_id(
+        broker: Broker, tmp_path: Path) -> None:
+    """At least once: outcomes published but not yet marked go out again, each under the
+    message id it had (its notice and its decision), so that a consumer can drop them; two
+    decisions about one notice are two ids."""
+    now = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+    later = now + timedelta(hours=1)
+    policy = load_policy(Settings().policy_path)
+    event = sample("escalated_m1_cn.json", channels=["sms"])
+    sink = BrokerOutcomeSink(await broker.channel.get_exchange(
+        broker.names["DUNNING_OUTCOMES_EXCHANGE"]))
+    async with make_ledger("sqlite", tmp_path) as ledger:
+        await Ingest(ledger).apply([decide(json.dumps(event).encode(), policy)], now)
+        notice = (await ledger.claim("a", now, 1, 60))[0]
+        assert await ledger.retry_later(notice, later, now, reason="quiet_hours", owner="a",
+                                        publish=True)
+        notice = (await ledger.claim("a", later, 1, 60))[0]
+        assert await ledger.finish(notice, "sent", later, owner="a", provider="twilio",
+                                   provider_id="SM1")
+        with pytest.raises(ConnectionError):
+            await OutcomeRelay(ledger, _DiesAfterPublishing(sink)).flush_once()
+        assert await OutcomeRelay(ledger, sink).flush_once() == 2
+        assert await ledger.unpublished(10) == []
+    await broker.wait_outcomes(4)
+    statuses = [(outcome["status"], outcome["notice_id"]) for outcome in broker.outcomes]
+    assert statuses == [("deferred", notice["notice_id"]), ("sent", notice["notice_id"])] * 2
+    first, second = broker.outcome_ids[:2]
+    assert broker.outcome_ids == [first, second, first, second] and first != second
+    assert first and second and {first.rpartition("/")[0], second.rpartition("/")[0]} == {
+        notice["notice_id"]}
