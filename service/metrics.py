@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# what the library's default registry carries: the process's CPU, memory and open files
+# (``process_*``, from /proc), the interpreter's garbage collections (``python_gc_*``) and
+# its version (``python_info``)
+ProcessCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 EVENTS_CONSUMED = Counter("dunning_events_consumed_total", "Events taken from the queue",
                           registry=REGISTRY)

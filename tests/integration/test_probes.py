@@ -64,6 +64,10 @@ async def test_metrics_count_events_dead_letters_and_notices(
     assert metric(text, "dunning_notices_total", channel="email", reason="", status="sent") == 2
     assert metric(text, "dunning_send_seconds_count", channel="sms") == 2
     assert metric(text, "dunning_consumer_attached") == 1
+    # the worker's own CPU and memory, as in the library's default registry
+    assert metric(text, "process_cpu_seconds_total") > 0
+    assert 20e6 < metric(text, "process_resident_memory_bytes") < 1e9
+    assert metric(text, "python_gc_collections_total", generation="0") > 0
 
 
 async def test_waiting_notices_are_counted_by_when_they_are_due(
