@@ -224,15 +224,17 @@ def count(conn: Connection, statement: ClauseElement, params: Mapping[str, Any] 
     return int(_execute(conn, statement, params, lambda cursor, _: cursor.rowcount))
 
 
-def run_many(conn: Connection, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One statement (no ``IN`` list, no rows returned) for each of ``rows``."""
+def run_many(conn: Connection, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]) -> int:
+    """One statement (no ``IN`` list, no rows returned) for each of ``rows``; how many rows
+    they changed in all."""
     if not rows:
-        return
+        return 0
     plan = compiled(statement, conn.dialect, rows[0])
     text, values = plan.bind_many(rows)
     cursor = _cursor(conn)
     try:
         cursor.executemany(text, values)
+        return int(cursor.rowcount)
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _failed(conn, exc, text, None, cursor) from exc
     finally:
@@ -295,6 +297,17 @@ def insert_new(conn: Connection, table: Table, key: str,
         inserted.extend(found[0] for found in run(conn, statement, {
             f"{name}__r{i}": row[name] for i, row in enumerate(chunk) for name in columns}))
     return inserted
+
+
+def insert_counted(conn: Connection, table: Table, key: str,
+                   rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert the rows (all with the same columns), a row whose ``key`` is there already
+    skipped; how many went in. For rows new by construction (the notices of events new in
+    this transaction, whose ids derive from the events'), SQLite needs no look-up first:
+    its ``executemany`` counts what it inserted. PostgreSQL as :func:`insert_new`."""
+    if conn.dialect.name != "sqlite":
+        return len(insert_new(conn, table, key, rows))
+    return run_many(conn, insert_ignore("sqlite", table), rows)
 
 
 def as_dict(row: Any) -> dict[str, Any]:

@@ -121,10 +121,11 @@ class Ingest:
         return self._insert_notices(conn, rows)
 
     def _insert_notices(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        """Insert notice rows (batched by the driver); how many were new."""
+        """Insert the notice rows of events new in this transaction (batched by the driver);
+        how many were new (all of them, unless an id of theirs was somehow taken)."""
         if not rows:
             return 0
-        return len(direct.insert_new(conn, notices, "notice_id", rows))
+        return direct.insert_counted(conn, notices, "notice_id", rows)
 
     def _remember_accounts(self, conn: Connection, escalations: list[Escalated]) -> None:
         """Each account's latest escalation, as one by one in arrival order would leave it."""

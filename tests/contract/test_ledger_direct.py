@@ -122,6 +122,21 @@ async def test_an_insert_adds_only_the_rows_that_are_new(ledger: SqlLedger) -> N
     assert stages == ["m1"]
 
 
+async def test_a_counted_insert_skips_the_rows_that_are_there_and_counts_the_rest(
+        ledger: SqlLedger) -> None:
+    await ledger.write(lambda conn: direct.insert_counted(
+        conn, notices, "notice_id", [_notice(i) for i in range(0, 6, 2)]))
+    batch = [_notice(i, stage="m2") for i in range(6)]
+    assert await ledger.write(lambda conn: direct.insert_counted(
+        conn, notices, "notice_id", batch)) == 3
+    assert await ledger.write(lambda conn: direct.insert_counted(
+        conn, notices, "notice_id", [])) == 0
+    stages = await ledger.read(lambda conn: conn.execute(
+        select(notices.c.notice_id, notices.c.stage).order_by(notices.c.notice_id)).all())
+    assert [tuple(r) for r in stages] == [(f"n{i}", "m1" if i % 2 == 0 else "m2")
+                                          for i in range(6)]
+
+
 async def test_a_failed_statement_raises_as_sqlalchemy_does_and_undoes_the_transaction(
         ledger: SqlLedger) -> None:
     row = {"channel": "sms", "destination": "+8613800138000", "at": NOW}
