@@ -64,6 +64,9 @@ def outcome_for(notice: dict[str, Any], status: Status, at: datetime, *, reason:
     )
 
 
+OutcomeMessage = tuple[str, str, str]  # routing key, JSON body, message id
+
+
 class OutcomeSink(Protocol):
     """Where outcomes go: the broker in production, a list in tests."""
 
@@ -71,9 +74,6 @@ class OutcomeSink(Protocol):
         """Publish (routing key, JSON body, message id) triples; return only once all are
         confirmed."""
         ...
-
-
-OutcomeMessage = tuple[str, str, str]  # routing key, JSON body, message id
 
 
 def outcome_message(decision_id: int, outcome_json: str) -> OutcomeMessage:
