@@ -170,8 +170,9 @@ class _DiesAfterPublishing:
         raise ConnectionError("the worker died here")
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 async def test_an_outcome_published_again_after_a_crash_carries_the_same_message_id(
-        broker: Broker, tmp_path: Path) -> None:
+        broker: Broker, tmp_path: Path, kind: str) -> None:
     """At least once: outcomes published but not yet marked go out again, each under the
     message id it had (its notice and its decision), so that a consumer can drop them; two
     decisions about one notice are two ids."""
@@ -181,7 +182,7 @@ async def test_an_outcome_published_again_after_a_crash_carries_the_same_message
     event = sample("escalated_m1_cn.json", channels=["sms"])
     sink = BrokerOutcomeSink(await broker.channel.get_exchange(
         broker.names["DUNNING_OUTCOMES_EXCHANGE"]))
-    async with make_ledger("sqlite", tmp_path) as ledger:
+    async with make_ledger(kind, tmp_path) as ledger:
         await Ingest(ledger).apply([decide(json.dumps(event).encode(), policy)], now)
         notice = (await ledger.claim("a", now, 1, 60))[0]
         assert await ledger.retry_later(notice, later, now, reason="quiet_hours", owner="a",
