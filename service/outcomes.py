@@ -1,8 +1,7 @@
-"""Outcomes (CONTRACT.md §4, schema ``dunning.outcome/v1``): the model and its publisher."""
+"""Outcomes (CONTRACT.md §4, schema ``dunning.outcome/v1``): the model, and the relay's message."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -68,7 +67,7 @@ OutcomeMessage = tuple[str, str, str]  # routing key, JSON body, message id
 
 
 class OutcomeSink(Protocol):
-    """Where outcomes go: the broker in production, a list in tests."""
+    """Where the relay's outcomes go: the broker (``intake.BrokerOutcomeSink``)."""
 
     async def publish(self, messages: list[OutcomeMessage]) -> None:
         """Publish (routing key, JSON body, message id) triples; return only once all are
@@ -86,14 +85,3 @@ def outcome_message(decision_id: int, outcome_json: str) -> OutcomeMessage:
     return (f"{data['status']}.{data['channel']}", outcome_json,
             f"{data['notice_id']}/{decision_id}")
 
-
-class MemoryOutcomeSink:
-    """In-memory twin of the broker publisher."""
-
-    def __init__(self) -> None:
-        self.messages: list[OutcomeMessage] = []
-        self.arrived = asyncio.Event()
-
-    async def publish(self, messages: list[OutcomeMessage]) -> None:
-        self.messages.extend(messages)
-        self.arrived.set()
