@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, func, select
 
+from service.ledger import direct
 from service.ledger.schema import WAITING, notices
 from service.ledger.store import SqlLedger
 
@@ -44,7 +45,8 @@ def edges(now: datetime) -> dict[str, datetime]:
 
 async def waiting_by_bucket(ledger: SqlLedger, now: datetime) -> dict[str, int]:
     values = edges(now)
-    # beside the ledger's transactions: it still reads every waiting notice's index entry
+    # beside the ledger's transactions: it still reads every waiting notice's index entry;
+    # run on the driver's cursor, as the ledger's other built statements are
     counts = await ledger.read_aside(
-        lambda conn: [int(n) for n in conn.execute(WAITING_COUNTS, values).one()])
+        lambda conn: [int(n) for n in direct.run(conn, WAITING_COUNTS, values)[0]])
     return dict(zip(NAMES, counts, strict=True))

@@ -18,7 +18,7 @@ from service.ledger.contacts import _HISTORY
 from service.ledger.schema import notices
 from service.ledger.stats import WAITING_COUNTS, edges, waiting_by_bucket
 from service.policy import load_policy
-from tests.helpers.ledgers import make_ledger
+from tests.helpers.ledgers import make_ledger, notice_row
 
 ROOT = Path(__file__).parent.parent.parent
 SAMPLES = ROOT / "tests" / "samples"
@@ -266,10 +266,7 @@ async def test_waiting_notices_are_counted_by_how_soon_they_are_due(ledger: SqlL
            "in 5 h": NOW + timedelta(hours=5), "in 1 day": NOW + timedelta(days=1),
            "in 1 day 1 µs": NOW + timedelta(days=1, microseconds=1),
            "in 40 days": NOW + timedelta(days=40)}
-    rows = [{"notice_id": f"n-{i}", "event_id": f"e-{i}", "step_index": 0, "stage": "m1",
-             "channel": "sms", "template": "cn_m1", "locale": "zh-CN", "account_id": "CC-1",
-             "debtor_id": "D-1", "escalation_at": NOW, "state": "waiting", "due_at": at,
-             "attempts": 0, "conversation": False, "created_at": NOW, "updated_at": NOW}
+    rows = [notice_row(f"n-{i}", at, escalation_at=NOW, created_at=NOW, updated_at=NOW)
             for i, at in enumerate(due.values())]
     # not waiting, so in no bucket however due
     rows += [row | {"notice_id": f"{row['notice_id']}-{state}", "state": state}

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.ledger import SqlLedger, direct
 from service.ledger.schema import CLAIMED, notices, opt_outs
-from tests.helpers.ledgers import ledger_to_cut_off, make_ledger
+from tests.helpers.ledgers import ledger_to_cut_off, make_ledger, notice_row
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, 123456, tzinfo=UTC)
 
@@ -25,14 +25,10 @@ async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 def _notice(i: int, **changes: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "notice_id": f"n{i}", "event_id": f"e{i}", "step_index": 0, "stage": "m1",
-        "channel": "sms", "template": "cn_m1", "locale": "zh-CN", "account_id": f"A{i % 3}",
-        "debtor_id": f"D{i}", "escalation_at": NOW, "state": "waiting",
-        "due_at": NOW + timedelta(seconds=i), "attempts": 0, "conversation": i % 2 == 0,
-        "created_at": NOW, "updated_at": NOW}
-    row.update(changes)
-    return row
+    return notice_row(f"n{i}", NOW + timedelta(seconds=i), **{
+        "event_id": f"e{i}", "account_id": f"A{i % 3}", "debtor_id": f"D{i}",
+        "escalation_at": NOW, "conversation": i % 2 == 0, "created_at": NOW, "updated_at": NOW,
+        **changes})
 
 
 _BY_IDS = select(notices).where(notices.c.notice_id.in_(bindparam("ids", expanding=True)))

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, func, select, text
@@ -17,6 +18,18 @@ from service.ledger.schema import TERMINAL, decisions, notices
 
 POSTGRES_URL = os.environ.get("DUNNING_TEST_POSTGRES_URL",
                               "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def notice_row(notice_id: str, due_at: datetime, **changes: object) -> dict[str, object]:
+    """A waiting notice's ledger row, as the intake writes one (``changes`` on top), for
+    tests that put notices straight into the ledger."""
+    row: dict[str, object] = {
+        "notice_id": notice_id, "event_id": f"e-{notice_id}", "step_index": 0, "stage": "m1",
+        "channel": "sms", "template": "cn_m1", "locale": "zh-CN", "account_id": "CC-1",
+        "debtor_id": "D-1", "escalation_at": due_at, "state": "waiting", "due_at": due_at,
+        "attempts": 0, "conversation": False, "created_at": due_at, "updated_at": due_at}
+    row.update(changes)
+    return row
 
 
 @asynccontextmanager
