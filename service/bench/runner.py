@@ -114,15 +114,15 @@ async def _end_to_end(env: BenchEnv, sizes: Sizes, results: Results, say: Say) -
         results["rss_idle_mb"] = worker.rss_mb()[0]
         await watcher.open()
         await capacity(watcher, f"{env.run}-warm", E2E_WARM_UP)
-        before = worker.cpu_s()
+        started = worker.cpu_s()
         results["e2e_per_s"] = found = await capacity(watcher, f"{env.run}-cap", sizes.e2e)
-        results["e2e_cpu_ms_per_event"] = per_event_ms(before, worker.cpu_s(), sizes.e2e)
-        before = worker.cpu_s()
+        between = worker.cpu_s()  # the burst's end is the half-capacity run's start
+        results["e2e_cpu_ms_per_event"] = per_event_ms(started, between, sizes.e2e)
         timed = await latency(watcher, f"{env.run}-lat", found / 2, sizes.latency_s)
-        after = worker.cpu_s()
-        results["e2e_half_cpu_ms_per_event"] = per_event_ms(before, after, timed.events)
+        ended = worker.cpu_s()
+        results["e2e_half_cpu_ms_per_event"] = per_event_ms(between, ended, timed.events)
         # while the load was offered, and until its last outcomes came
-        results["e2e_half_cpu_percent"] = core_percent(before, after, timed.ended - timed.started)
+        results["e2e_half_cpu_percent"] = core_percent(between, ended, timed.ended - timed.started)
         results["rss_peak_mb"] = worker.rss_mb()[1]
     finally:
         await watcher.close()
